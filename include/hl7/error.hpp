@@ -1,0 +1,100 @@
+// Error codes of hl7-client.
+//
+// Every expected failure in the library is reported as a boost::system::error_code
+// in one of two categories:
+//   - "hl7"     (hl7::errc): what went wrong on this side or on the wire: a message that
+//                does not parse, a bad path, a frame too large, a timeout, a closed connection.
+//   - "hl7.ack" (hl7::ack_errc): what the peer said in a negative acknowledgement.
+// Errors from Asio and the operating system (connection refused, reset, ...) pass through
+// unchanged in their own categories.
+#pragma once
+
+#include <boost/system/error_code.hpp>
+
+#include <type_traits>
+
+namespace hl7 {
+
+/// Errors of the library itself (category name "hl7").
+enum class errc {
+    // --- message model -------------------------------------------------------------------
+    /// The bytes do not start with an `MSH`, `FHS` or `BHS` header segment.
+    not_hl7 = 1,
+    /// MSH-1/MSH-2 do not define usable delimiters: fewer than four encoding characters,
+    /// more than five, a repeated delimiter, or a delimiter that is a letter, digit, CR or LF.
+    bad_encoding_characters,
+    /// A path that is malformed (`PID.0`, `PID..1`, `pid.5`, `PID.5.`), names an unknown
+    /// segment, or names something that cannot be written (`MSH.1`, `MSH.2` in `set`).
+    bad_path,
+
+    // --- MLLP framing ----------------------------------------------------------------------
+    /// The decoder has used up the bytes it was fed; feed it more. Not a failure.
+    need_more,
+    /// A frame grew past the configured maximum size; it was discarded.
+    frame_too_large,
+    /// A start block (0x0B) arrived inside an unfinished frame; the unfinished frame was
+    /// discarded and decoding resumed at the new start block.
+    malformed_frame,
+    /// The caller's buffer is too small for the encoded frame.
+    buffer_too_small,
+
+    // --- client --------------------------------------------------------------------------
+    /// The host is neither an IPv4 address, an IPv6 address nor a well-formed DNS name.
+    invalid_host,
+    /// The port is outside 1-65535.
+    invalid_port,
+    /// The host name did not resolve to any address.
+    resolve_failed,
+    /// No TCP connection (and handshake) was established within the connect timeout.
+    connect_timeout,
+    /// The connection stopped reconnecting after the maximum number of consecutive failed
+    /// attempts; it must be started again before messages can be sent.
+    not_connected,
+    /// The send queue is full.
+    queue_full,
+    /// The message waited in the queue, for a connection or its turn, longer than allowed.
+    queue_timeout,
+    /// No acknowledgement arrived within the ACK timeout. The message may or may not have
+    /// been processed by the peer; the library never resends it by itself.
+    ack_timeout,
+    /// A reply arrived whose MSA-2 is not the MSH-10 of the message sent.
+    ack_mismatch,
+    /// A reply arrived that is not an acknowledgement: it does not parse, has no MSA
+    /// segment, or its MSA-1 is not one of AA, AE, AR, CA, CE, CR.
+    garbled_ack,
+    /// The link dropped after the message was written and before its acknowledgement
+    /// arrived. As with ack_timeout, the peer may have processed it.
+    connection_lost,
+    /// The connection or client was closed.
+    closed,
+};
+
+/// Negative acknowledgements from the peer (category name "hl7.ack").
+enum class ack_errc {
+    /// MSA-1 was AE or CE: the peer could not process the message.
+    application_error = 1,
+    /// MSA-1 was AR or CR: the peer rejected the message.
+    application_reject,
+};
+
+/// The "hl7" category. Thread-safe; a single instance.
+const boost::system::error_category& error_category() noexcept;
+/// The "hl7.ack" category. Thread-safe; a single instance.
+const boost::system::error_category& ack_error_category() noexcept;
+
+inline boost::system::error_code make_error_code(errc e) noexcept
+{
+    return {static_cast<int>(e), error_category()};
+}
+
+inline boost::system::error_code make_error_code(ack_errc e) noexcept
+{
+    return {static_cast<int>(e), ack_error_category()};
+}
+
+} // namespace hl7
+
+template <>
+struct boost::system::is_error_code_enum<hl7::errc> : std::true_type {};
+template <>
+struct boost::system::is_error_code_enum<hl7::ack_errc> : std::true_type {};

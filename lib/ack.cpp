@@ -1,0 +1,129 @@
+#include <hl7/ack.hpp>
+
+#include <boost/outcome/try.hpp>
+
+namespace hl7 {
+namespace {
+
+std::string_view table_0357_text(std::uint16_t code) noexcept
+{
+    switch (code) {
+    case 0: return "Message accepted";
+    case 100: return "Segment sequence error";
+    case 101: return "Required field missing";
+    case 102: return "Data type error";
+    case 103: return "Table value not found";
+    case 104: return "Value too long";
+    case 200: return "Unsupported message type";
+    case 201: return "Unsupported event code";
+    case 202: return "Unsupported processing id";
+    case 203: return "Unsupported version id";
+    case 204: return "Unknown key identifier";
+    case 205: return "Duplicate key identifier";
+    case 206: return "Application record locked";
+    case 207: return "Application internal error";
+    default: return {};
+    }
+}
+
+std::string_view raw(const message& m, std::string_view path)
+{
+    auto v = m.get(path);
+    return v ? v.value().raw() : std::string_view{};
+}
+
+} // namespace
+
+outcome::result<message> make_ack(const message& received, ack_code code, const ack_options& options)
+{
+    BOOST_OUTCOME_TRY(const std::size_t headers, received.count("MSH"));
+    if (headers == 0)
+        return errc::not_hl7;
+    const hl7::delimiters& d = received.delimiters();
+    const bool enhanced = !raw(received, "MSH.15").empty() || !raw(received, "MSH.16").empty();
+    const char* const codes[] = {"AA", "AE", "AR", "CA", "CE", "CR"};
+    const std::string_view msa1 = codes[static_cast<int>(code) + (enhanced ? 3 : 0)];
+
+    // The swapped sender/receiver fields are copied raw: they may carry components (HD) in
+    // the received message's own delimiters, which the ACK shares.
+    std::string s{'M', 'S', 'H', d.field, d.component, d.repetition, d.escape, d.subcomponent};
+    if (d.truncation)
+        s += d.truncation;
+    for (const char* p : {"MSH.5", "MSH.6", "MSH.3", "MSH.4"}) {
+        s += d.field;
+        s += raw(received, p);
+    }
+    s += d.field; // MSH-7, set below
+    s += d.field; // MSH-8
+    s += d.field;
+    s += "ACK";
+    s += d.component;
+    s += raw(received, "MSH.9.2");
+    s += d.component;
+    s += "ACK";
+    s += d.field; // MSH-10, set below
+    s += d.field;
+    s += raw(received, "MSH.11");
+    s += d.field;
+    s += raw(received, "MSH.12");
+    s += '\r';
+    s += "MSA";
+    s += d.field;
+    s += msa1;
+    s += d.field;
+    s += raw(received, "MSH.10");
+    s += '\r';
+    BOOST_OUTCOME_TRY(auto ack, message::parse(std::move(s)));
+    BOOST_OUTCOME_TRY(ack.set("MSH.7", make_timestamp()));
+    BOOST_OUTCOME_TRY(ack.set("MSH.10", make_control_id()));
+    if (!options.text.empty()) {
+        BOOST_OUTCOME_TRY(ack.set("MSA.3", options.text));
+    }
+    if (code != ack_code::accept && (options.error_code != 0 || !options.error_text.empty())) {
+        const std::uint16_t err = options.error_code ? options.error_code : 207;
+        BOOST_OUTCOME_TRY(ack.set("ERR.3.1", std::to_string(err)));
+        BOOST_OUTCOME_TRY(ack.set("ERR.3.2", table_0357_text(err)));
+        BOOST_OUTCOME_TRY(ack.set("ERR.3.3", "HL70357"));
+        BOOST_OUTCOME_TRY(ack.set("ERR.4", "E"));
+        if (!options.error_text.empty()) {
+            BOOST_OUTCOME_TRY(ack.set("ERR.8", options.error_text));
+        }
+    }
+    return ack;
+}
+
+outcome::result<void, nack> accepted(const message& ack)
+{
+    const auto code = ack.get("MSA.1");
+    if (!code || !code.value().present())
+        return nack{errc::garbled_ack, {}};
+    const std::string_view c = code.value().raw();
+    if (c == "AA" || c == "CA")
+        return outcome::success();
+    boost::system::error_code ec;
+    if (c == "AE" || c == "CE")
+        ec = ack_errc::application_error;
+    else if (c == "AR" || c == "CR")
+        ec = ack_errc::application_reject;
+    else
+        return nack{errc::garbled_ack, {}};
+
+    std::string text = ack.get("MSA.3").value().decoded();
+    const std::size_t errs = ack.count("ERR").value();
+    hl7::path user_message = path::parse("ERR.8").value();
+    hl7::path code_text = path::parse("ERR.3.2").value();
+    for (std::uint32_t i = 1; i <= errs; ++i) {
+        user_message.occurrence = code_text.occurrence = i;
+        std::string t = ack.get(user_message).value().decoded();
+        if (t.empty())
+            t = ack.get(code_text).value().decoded();
+        if (t.empty())
+            continue;
+        if (!text.empty())
+            text += "; ";
+        text += t;
+    }
+    return nack{ec, std::move(text)};
+}
+
+} // namespace hl7

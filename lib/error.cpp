@@ -1,0 +1,67 @@
+#include <hl7/error.hpp>
+
+#include <string>
+
+namespace hl7 {
+namespace {
+
+class hl7_category final : public boost::system::error_category {
+public:
+    const char* name() const noexcept override { return "hl7"; }
+
+    std::string message(int ev) const override
+    {
+        switch (static_cast<errc>(ev)) {
+        case errc::not_hl7: return "not an HL7 message: it does not start with MSH, FHS or BHS";
+        case errc::bad_encoding_characters: return "MSH-1/MSH-2 do not define usable delimiters";
+        case errc::bad_path: return "bad path";
+        case errc::need_more: return "need more bytes";
+        case errc::frame_too_large: return "MLLP frame larger than the maximum frame size";
+        case errc::malformed_frame: return "malformed MLLP frame: start block inside an unfinished frame";
+        case errc::buffer_too_small: return "buffer too small";
+        case errc::invalid_host: return "invalid host: not an IPv4 address, an IPv6 address or a DNS name";
+        case errc::invalid_port: return "invalid port: not in 1-65535";
+        case errc::resolve_failed: return "host name did not resolve";
+        case errc::connect_timeout: return "connect timed out";
+        case errc::not_connected: return "not connected: gave up after the maximum number of connection attempts";
+        case errc::queue_full: return "send queue full";
+        case errc::queue_timeout: return "message waited too long in the send queue";
+        case errc::ack_timeout: return "no acknowledgement within the ACK timeout";
+        case errc::ack_mismatch: return "acknowledgement does not match the message sent (MSA-2 != MSH-10)";
+        case errc::garbled_ack: return "reply is not a valid acknowledgement";
+        case errc::connection_lost: return "connection lost while waiting for the acknowledgement";
+        case errc::closed: return "closed";
+        }
+        return "unknown hl7 error " + std::to_string(ev);
+    }
+};
+
+class ack_category final : public boost::system::error_category {
+public:
+    const char* name() const noexcept override { return "hl7.ack"; }
+
+    std::string message(int ev) const override
+    {
+        switch (static_cast<ack_errc>(ev)) {
+        case ack_errc::application_error: return "application error (AE/CE)";
+        case ack_errc::application_reject: return "application reject (AR/CR)";
+        }
+        return "unknown hl7.ack error " + std::to_string(ev);
+    }
+};
+
+} // namespace
+
+const boost::system::error_category& error_category() noexcept
+{
+    static const hl7_category instance;
+    return instance;
+}
+
+const boost::system::error_category& ack_error_category() noexcept
+{
+    static const ack_category instance;
+    return instance;
+}
+
+} // namespace hl7

@@ -1,0 +1,35 @@
+// Helpers shared by the test suites.
+#pragma once
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace hl7::test {
+
+/// The bytes of a file in the repository's samples/ directory.
+inline std::string read_sample(const std::string& name)
+{
+    std::ifstream in(std::string(HL7_SAMPLES_DIR) + "/" + name, std::ios::binary);
+    if (!in)
+        throw std::runtime_error("cannot open sample " + name);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+} // namespace hl7::test
+
+namespace hl7::test {
+
+/// Turns the newlines of a readable literal into the CR segment terminators of HL7.
+inline std::string cr(std::string text)
+{
+    for (char& c : text)
+        if (c == '\n')
+            c = '\r';
+    return text;
+}
+
+} // namespace hl7::test
