@@ -30,6 +30,7 @@ public:
         case errc::ack_mismatch: return "acknowledgement does not match the message sent (MSA-2 != MSH-10)";
         case errc::garbled_ack: return "reply is not a valid acknowledgement";
         case errc::connection_lost: return "connection lost while waiting for the acknowledgement";
+        case errc::missing_control_id: return "message has no MSH-10 control id";
         case errc::closed: return "closed";
         }
         return "unknown hl7 error " + std::to_string(ev);

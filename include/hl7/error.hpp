@@ -65,6 +65,8 @@ enum class errc {
     /// The link dropped after the message was written and before its acknowledgement
     /// arrived. As with ack_timeout, the peer may have processed it.
     connection_lost,
+    /// The message has no MSH-10, so its acknowledgement could not be matched; not sent.
+    missing_control_id,
     /// The connection or client was closed.
     closed,
 };

@@ -177,6 +177,9 @@ struct header {
 /// An HL7 v2 message (or an FHS/BHS batch), owning its bytes.
 class message {
 public:
+    /// An empty message: no bytes, no segments; every path is absent in it.
+    message() = default;
+
     /// Parses `bytes` (copied). Segments may end in CR, LF or CRLF; they are stored and
     /// written back ended by CR. Fails with errc::not_hl7 when the bytes do not start with
     /// `MSH`, `FHS` or `BHS`, and errc::bad_encoding_characters when MSH-1/MSH-2 do not
@@ -235,7 +238,6 @@ private:
         bool header;             // MSH, FHS or BHS: the first separator is field 1
     };
 
-    message() = default;
     void index();
     void add_segment(std::uint32_t begin, std::uint32_t end, std::uint32_t first_sep, std::uint32_t seps_end);
     const segment_entry* find_segment(const hl7::path& p) const noexcept;

@@ -1,0 +1,306 @@
+// The Asio side of a connection: it owns the socket, the resolver and the one timer, and
+// carries out what connection_core decides. All of it runs on the connection's strand.
+#include "connection_impl.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <random>
+
+namespace hl7 {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+
+std::uint64_t random_seed()
+{
+    std::random_device rd;
+    return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+// Completes a handler through the strand, never inline, then on the handler's associated
+// executor (asio::post does both). The slot is cleared first: the operation is over.
+template <class Signature, class... Args>
+void post_completion(asio::any_completion_handler<Signature> handler, const asio::any_io_executor& strand, Args... args)
+{
+    handler.get_cancellation_slot().clear();
+    asio::post(strand, asio::append(std::move(handler), std::move(args)...));
+}
+
+} // namespace
+
+connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
+                       std::shared_ptr<detail::counter_block> counters)
+    : strand_(asio::make_strand(ex)),
+      resolver_(strand_),
+      socket_(strand_),
+      timer_(strand_),
+      host_(std::move(host)),
+      port_(port),
+      options_(std::move(options)),
+      counters_(std::move(counters)),
+      core_(options_, *counters_, random_seed())
+{
+}
+
+void connection::impl::begin()
+{
+    if (!options_.lazy)
+        asio::post(strand_, [self = shared_from_this()] {
+            self->core_.start(detail::clock::now());
+            self->run();
+        });
+}
+
+void connection::impl::run()
+{
+    detail::connection_core::action a;
+    while (core_.next(a)) {
+        using kind = detail::connection_core::action::kind;
+        switch (a.what) {
+        case kind::connect: connect(a.link); break;
+        case kind::write: write(a.link, a.id); break;
+        case kind::close_socket:
+            if (a.link == open_link_ || a.link == connecting_link_) {
+                boost::system::error_code ignored;
+                resolver_.cancel();
+                socket_.close(ignored);
+                open_link_ = connecting_link_ = 0;
+            }
+            break;
+        case kind::complete: {
+            auto it = pending_.find(a.id);
+            if (it != pending_.end()) {
+                auto handler = std::move(it->second.handler);
+                pending_.erase(it);
+                post_completion(std::move(handler), strand_, a.error, std::move(a.ack));
+            }
+            break;
+        }
+        case kind::notify:
+            if (options_.observer)
+                options_.observer(a.ev.view());
+            break;
+        case kind::arm_timer: arm(a.deadline); break;
+        case kind::closed:
+            for (auto& waiter : close_waiters_)
+                post_completion(std::move(waiter), strand_);
+            close_waiters_.clear();
+            break;
+        }
+    }
+    state_.store(core_.state(), std::memory_order_relaxed);
+}
+
+void connection::impl::connect(std::uint64_t link)
+{
+    connecting_link_ = link;
+    auto self = shared_from_this();
+    auto on_connected = [self, link](boost::system::error_code ec, const tcp::endpoint& peer) {
+        if (ec) {
+            self->core_.connect_failed(link, ec, detail::clock::now());
+        } else if (link == self->connecting_link_) {
+            boost::system::error_code ignored;
+            self->socket_.set_option(tcp::no_delay(true), ignored);
+            self->connecting_link_ = 0;
+            self->open_link_ = link;
+            self->core_.connected(link, peer, detail::clock::now());
+            if (self->open_link_ == link)
+                self->read(link);
+        }
+        self->run();
+    };
+    if (host_.kind != host_kind::name) {
+        const std::array<tcp::endpoint, 1> target{tcp::endpoint(asio::ip::make_address(host_.text), port_)};
+        asio::async_connect(socket_, target, std::move(on_connected));
+        return;
+    }
+    resolver_.async_resolve(
+        host_.text, std::to_string(port_),
+        [self, link, on_connected = std::move(on_connected)](boost::system::error_code ec,
+                                                             tcp::resolver::results_type results) mutable {
+            if (link != self->connecting_link_) {
+                self->run(); // the attempt was abandoned (timeout or close)
+                return;
+            }
+            if (ec) {
+                self->core_.connect_failed(link, errc::resolve_failed, detail::clock::now());
+                self->run();
+                return;
+            }
+            asio::async_connect(self->socket_, results, std::move(on_connected));
+        });
+}
+
+void connection::impl::read(std::uint64_t link)
+{
+    socket_.async_read_some(asio::buffer(read_buffer_), [self = shared_from_this(), link](boost::system::error_code ec,
+                                                                                         std::size_t n) {
+        if (ec)
+            self->core_.read_failed(link, ec, detail::clock::now());
+        else
+            self->core_.received(link, std::string_view(self->read_buffer_.data(), n), detail::clock::now());
+        if (!ec && self->open_link_ == link)
+            self->read(link);
+        self->run();
+    });
+}
+
+void connection::impl::write(std::uint64_t link, std::uint64_t id)
+{
+    // The bytes move out of the pending entry: a terminal cancellation may complete (and
+    // erase) the send while the write is still going on.
+    auto it = pending_.find(id);
+    writing_ = std::move(it->second.bytes);
+    static constexpr char start[] = {mllp::start_block};
+    static constexpr char end[] = {mllp::end_block, mllp::carriage_return};
+    const std::string_view body = writing_.bytes();
+    const std::array<asio::const_buffer, 3> frame{asio::buffer(start), asio::buffer(body.data(), body.size()),
+                                                  asio::buffer(end)};
+    asio::async_write(socket_, frame, [self = shared_from_this(), link](boost::system::error_code ec, std::size_t) {
+        self->writing_ = {};
+        self->core_.written(link, ec, detail::clock::now());
+        self->run();
+    });
+}
+
+void connection::impl::arm(detail::clock::time_point deadline)
+{
+    if (deadline == detail::clock::time_point::max()) {
+        timer_.cancel();
+        return;
+    }
+    timer_.expires_at(deadline);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        if (ec)
+            return; // re-armed or cancelled
+        self->core_.timer_fired(detail::clock::now());
+        self->run();
+    });
+}
+
+void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completion_handler<send_signature> handler)
+{
+    const auto control_id = msg.get("MSH.10");
+    if (!control_id || control_id.value().raw().empty()) {
+        post_completion(std::move(handler), strand_, boost::system::error_code(errc::missing_control_id), message{});
+        return;
+    }
+    std::string id_text(control_id.value().raw());
+    payload p;
+    if (options_.send_hook)
+        p.hooked = options_.send_hook(msg.str());
+    else
+        p.original = std::move(msg);
+    auto work = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
+    pending_.emplace(id, pending_send{std::move(handler), std::move(work), std::move(p)});
+    core_.send(id, std::move(id_text), detail::clock::now());
+    run();
+}
+
+// ---------------------------------------------------------------------------------------
+// connection
+
+connection::connection(std::shared_ptr<impl> i) noexcept
+    : impl_(std::move(i))
+{
+}
+
+connection::connection(connection&&) noexcept = default;
+
+connection& connection::operator=(connection&& other) noexcept
+{
+    if (this != &other) {
+        if (impl_)
+            close_impl(impl_, {});
+        impl_ = std::move(other.impl_);
+    }
+    return *this;
+}
+
+connection::~connection()
+{
+    if (impl_)
+        close_impl(impl_, {});
+}
+
+void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::any_completion_handler<send_signature> handler)
+{
+    const std::uint64_t id = i->next_id_.fetch_add(1, std::memory_order_relaxed);
+    // The slot is assigned here, in the initiating context, where the application also
+    // emits cancellation; the work itself is handed to the strand.
+    auto slot = handler.get_cancellation_slot();
+    if (slot.is_connected()) {
+        slot.assign([w = std::weak_ptr<impl>(i), id](asio::cancellation_type type) {
+            if (auto self = w.lock())
+                asio::post(self->strand_, [self, id, type] {
+                    self->core_.cancel(id, (type & asio::cancellation_type::terminal) != asio::cancellation_type::none,
+                                       detail::clock::now());
+                    self->run();
+                });
+        });
+    }
+    asio::post(i->strand_, [i, id, msg = std::move(msg), h = std::move(handler)]() mutable {
+        i->enqueue(id, std::move(msg), std::move(h));
+    });
+}
+
+void connection::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
+{
+    asio::post(i->strand_, [i, h = std::move(handler)]() mutable {
+        if (h)
+            i->close_waiters_.push_back(std::move(h));
+        i->core_.close(detail::clock::now());
+        i->run();
+    });
+}
+
+asio::awaitable<outcome::result<message>> connection::send(message msg)
+{
+    auto [ec, ack] = co_await async_send(std::move(msg), asio::as_tuple(asio::use_awaitable));
+    if (ec)
+        co_return ec;
+    co_return std::move(ack);
+}
+
+asio::awaitable<void> connection::close()
+{
+    co_await async_close(asio::use_awaitable);
+}
+
+void connection::start()
+{
+    asio::post(impl_->strand_, [i = impl_] {
+        i->core_.start(detail::clock::now());
+        i->run();
+    });
+}
+
+link_state connection::state() const noexcept
+{
+    return impl_->state_.load(std::memory_order_relaxed);
+}
+
+connection_counters connection::counters() const noexcept
+{
+    return impl_->counters_->snapshot();
+}
+
+std::uint16_t connection::port() const noexcept
+{
+    return impl_->port_;
+}
+
+connection::executor_type connection::get_executor() const noexcept
+{
+    return impl_->strand_;
+}
+
+} // namespace hl7

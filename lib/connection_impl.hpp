@@ -1,0 +1,67 @@
+// The state behind a connection handle (see connection.cpp).
+#pragma once
+
+#include "connection_core.hpp"
+
+#include <hl7/connection.hpp>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace hl7 {
+
+struct connection::impl : std::enable_shared_from_this<connection::impl> {
+    // What goes on the wire for one send: the message itself (no copy) or what the send
+    // hook made of it.
+    struct payload {
+        message original;
+        std::string hooked;
+        std::string_view bytes() const noexcept { return hooked.empty() ? original.str() : std::string_view(hooked); }
+    };
+    struct pending_send {
+        boost::asio::any_completion_handler<send_signature> handler;
+        boost::asio::any_completion_executor work; // keeps the handler's executor from running out of work
+        payload bytes;
+    };
+
+    impl(boost::asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
+         std::shared_ptr<detail::counter_block> counters);
+
+    /// Starts connecting unless the connection is lazy.
+    void begin();
+    /// Carries out every action the core has.
+    void run();
+    void connect(std::uint64_t link);
+    void read(std::uint64_t link);
+    void write(std::uint64_t link, std::uint64_t id);
+    void arm(detail::clock::time_point deadline);
+    void enqueue(std::uint64_t id, message msg, boost::asio::any_completion_handler<send_signature> handler);
+
+    boost::asio::strand<boost::asio::any_io_executor> strand_;
+    boost::asio::ip::tcp::resolver resolver_;
+    boost::asio::ip::tcp::socket socket_;
+    boost::asio::steady_timer timer_;
+    const hl7::host host_;
+    const std::uint16_t port_;
+    const connection_options options_;
+    const std::shared_ptr<detail::counter_block> counters_;
+    detail::connection_core core_;
+    std::atomic<link_state> state_{link_state::idle};
+    std::atomic<std::uint64_t> next_id_{1};
+    std::unordered_map<std::uint64_t, pending_send> pending_;
+    std::vector<boost::asio::any_completion_handler<void()>> close_waiters_;
+    payload writing_;                  // the bytes of the write in progress
+    std::uint64_t connecting_link_ = 0; // the link whose connect is in progress
+    std::uint64_t open_link_ = 0;       // the link the open socket belongs to
+    std::array<char, 16384> read_buffer_{};
+};
+
+} // namespace hl7
