@@ -1,4 +1,5 @@
 // Parsing and lookups on the sample messages.
+#include <hl7/ack.hpp>
 #include <hl7/message.hpp>
 
 #include "util.hpp"
@@ -35,6 +36,20 @@ void get_path(benchmark::State& state, const char* name, const char* path, std::
         state.SkipWithError("lookup gave a wrong result");
 }
 
+void make_ack(benchmark::State& state)
+{
+    const auto m = hl7::message::parse(hl7::test::read_sample("adt_a01.hl7")).value();
+    for (auto _ : state) {
+        auto ack = hl7::make_ack(m, hl7::ack_code::accept);
+        benchmark::DoNotOptimize(ack);
+        if (!ack || !(ack.value().get("MSA.2") == "MSG00001")) {
+            state.SkipWithError("make_ack gave a wrong result");
+            break;
+        }
+    }
+}
+
+BENCHMARK(make_ack)->Name("ack/make");
 BENCHMARK_CAPTURE(parse_sample, adt_a01, "adt_a01.hl7", "OBX[3].5[2]", "Nausea\\S\\no vomiting")->Name("parse/adt_a01");
 BENCHMARK_CAPTURE(parse_sample, oru_r01, "oru_r01.hl7", "NTE.1", "1")->Name("parse/oru_r01");
 BENCHMARK_CAPTURE(get_path, pid_5_1, "adt_a01.hl7", "PID.5.1", "DOE")->Name("get/PID.5.1");

@@ -53,42 +53,50 @@ outcome::result<message> make_ack(const message& received, ack_code code, const 
         s += d.field;
         s += raw(received, p);
     }
-    s += d.field; // MSH-7, set below
-    s += d.field; // MSH-8
+    s += d.field;
+    s += escape(make_timestamp(), d); // MSH-7
+    s += d.field;          // MSH-8
     s += d.field;
     s += "ACK";
     s += d.component;
     s += raw(received, "MSH.9.2");
     s += d.component;
     s += "ACK";
-    s += d.field; // MSH-10, set below
+    s += d.field;
+    s += make_control_id(); // MSH-10 (letters and digits only)
     s += d.field;
     s += raw(received, "MSH.11");
     s += d.field;
     s += raw(received, "MSH.12");
-    s += '\r';
-    s += "MSA";
+    s += "\rMSA";
     s += d.field;
     s += msa1;
     s += d.field;
     s += raw(received, "MSH.10");
-    s += '\r';
-    BOOST_OUTCOME_TRY(auto ack, message::parse(std::move(s)));
-    BOOST_OUTCOME_TRY(ack.set("MSH.7", make_timestamp()));
-    BOOST_OUTCOME_TRY(ack.set("MSH.10", make_control_id()));
     if (!options.text.empty()) {
-        BOOST_OUTCOME_TRY(ack.set("MSA.3", options.text));
+        s += d.field;
+        s += escape(options.text, d);
     }
     if (code != ack_code::accept && (options.error_code != 0 || !options.error_text.empty())) {
+        // ERR-3 = <code>^<text>^HL70357, ERR-4 = E, ERR-8 = the user message.
         const std::uint16_t err = options.error_code ? options.error_code : 207;
-        BOOST_OUTCOME_TRY(ack.set("ERR.3.1", std::to_string(err)));
-        BOOST_OUTCOME_TRY(ack.set("ERR.3.2", table_0357_text(err)));
-        BOOST_OUTCOME_TRY(ack.set("ERR.3.3", "HL70357"));
-        BOOST_OUTCOME_TRY(ack.set("ERR.4", "E"));
+        s += "\rERR";
+        s.append(3, d.field);
+        s += std::to_string(err);
+        s += d.component;
+        s += escape(table_0357_text(err), d);
+        s += d.component;
+        s += "HL70357";
+        s += d.field;
+        s += 'E';
         if (!options.error_text.empty()) {
-            BOOST_OUTCOME_TRY(ack.set("ERR.8", options.error_text));
+            s.append(4, d.field);
+            s += escape(options.error_text, d);
         }
     }
+    s += '\r';
+    // Built in one piece: a set() per field would re-index the ACK each time.
+    BOOST_OUTCOME_TRY(auto ack, message::parse(std::move(s)));
     return ack;
 }
 

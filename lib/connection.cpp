@@ -5,12 +5,14 @@
 #include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
 #include <array>
 #include <random>
+#include <utility>
 
 namespace hl7 {
 
@@ -25,13 +27,20 @@ std::uint64_t random_seed()
     return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
-// Completes a handler through the strand, never inline, then on the handler's associated
-// executor (asio::post does both). The slot is cleared first: the operation is over.
+// Completes a handler on its associated executor (the strand when it has none). This runs on
+// the strand, so dispatching inline is allowed, except inside the initiating call, where the
+// handler must not run: then it is posted. Dispatching saves a trip through the scheduler
+// per message, and is safe because no public entry point touches the state inline except
+// send, which the core only lets enqueue.
 template <class Signature, class... Args>
-void post_completion(asio::any_completion_handler<Signature> handler, const asio::any_io_executor& strand, Args... args)
+void complete_handler(bool initiating, asio::any_completion_handler<Signature> handler,
+                      const asio::any_io_executor& strand, Args... args)
 {
     handler.get_cancellation_slot().clear();
-    asio::post(strand, asio::append(std::move(handler), std::move(args)...));
+    if (initiating)
+        asio::post(strand, asio::append(std::move(handler), std::move(args)...));
+    else
+        asio::dispatch(strand, asio::append(std::move(handler), std::move(args)...));
 }
 
 } // namespace
@@ -61,6 +70,8 @@ void connection::impl::begin()
 
 void connection::impl::run()
 {
+    // Stored first: a completion dispatched below may resume code that reads state().
+    state_.store(core_.state(), std::memory_order_relaxed);
     detail::connection_core::action a;
     while (core_.next(a)) {
         using kind = detail::connection_core::action::kind;
@@ -80,23 +91,22 @@ void connection::impl::run()
             if (it != pending_.end()) {
                 auto handler = std::move(it->second.handler);
                 pending_.erase(it);
-                post_completion(std::move(handler), strand_, a.error, std::move(a.ack));
+                complete_handler(initiating_, std::move(handler), strand_, a.error, a.take_ack());
             }
             break;
         }
         case kind::notify:
             if (options_.observer)
-                options_.observer(a.ev.view());
+                options_.observer(a.event().view());
             break;
         case kind::arm_timer: arm(a.deadline); break;
         case kind::closed:
-            for (auto& waiter : close_waiters_)
-                post_completion(std::move(waiter), strand_);
-            close_waiters_.clear();
+            // Taken out first: a waiter resumed inline may close again and reach here anew.
+            for (auto& waiter : std::exchange(close_waiters_, {}))
+                complete_handler(initiating_, std::move(waiter), strand_);
             break;
         }
     }
-    state_.store(core_.state(), std::memory_order_relaxed);
 }
 
 void connection::impl::connect(std::uint64_t link)
@@ -147,9 +157,11 @@ void connection::impl::read(std::uint64_t link)
             self->core_.read_failed(link, ec, detail::clock::now());
         else
             self->core_.received(link, std::string_view(self->read_buffer_.data(), n), detail::clock::now());
+        // Completions first: a sender resumed by them writes its next message before this
+        // read is issued again, which would only find nothing to read yet.
+        self->run();
         if (!ec && self->open_link_ == link)
             self->read(link);
-        self->run();
     });
 }
 
@@ -186,11 +198,13 @@ void connection::impl::arm(detail::clock::time_point deadline)
     });
 }
 
-void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completion_handler<send_signature> handler)
+void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completion_handler<send_signature> handler,
+                               bool initiating)
 {
     const auto control_id = msg.get("MSH.10");
     if (!control_id || control_id.value().raw().empty()) {
-        post_completion(std::move(handler), strand_, boost::system::error_code(errc::missing_control_id), message{});
+        complete_handler(initiating, std::move(handler), strand_, boost::system::error_code(errc::missing_control_id),
+                         message{});
         return;
     }
     std::string id_text(control_id.value().raw());
@@ -201,8 +215,10 @@ void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completi
         p.original = std::move(msg);
     auto work = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
     pending_.emplace(id, pending_send{std::move(handler), std::move(work), std::move(p)});
+    const bool outer = std::exchange(initiating_, initiating);
     core_.send(id, std::move(id_text), detail::clock::now());
     run();
+    initiating_ = outer;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -247,18 +263,25 @@ void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::an
                 });
         });
     }
-    asio::post(i->strand_, [i, id, msg = std::move(msg), h = std::move(handler)]() mutable {
-        i->enqueue(id, std::move(msg), std::move(h));
+    // Inline when the caller already runs on the strand (a sender resumed by the previous
+    // ACK, typically): the next message then goes out without a trip through the scheduler.
+    const bool inline_call = i->strand_.running_in_this_thread();
+    asio::dispatch(i->strand_, [i, id, inline_call, msg = std::move(msg), h = std::move(handler)]() mutable {
+        i->enqueue(id, std::move(msg), std::move(h), inline_call);
     });
 }
 
 void connection::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
 {
-    asio::post(i->strand_, [i, h = std::move(handler)]() mutable {
+    // Dispatched, like sends, so that calls made on the strand keep their order.
+    const bool inline_call = i->strand_.running_in_this_thread();
+    asio::dispatch(i->strand_, [i, inline_call, h = std::move(handler)]() mutable {
         if (h)
             i->close_waiters_.push_back(std::move(h));
+        const bool outer = std::exchange(i->initiating_, inline_call);
         i->core_.close(detail::clock::now());
         i->run();
+        i->initiating_ = outer;
     });
 }
 
@@ -277,7 +300,7 @@ asio::awaitable<void> connection::close()
 
 void connection::start()
 {
-    asio::post(impl_->strand_, [i = impl_] {
+    asio::dispatch(impl_->strand_, [i = impl_] {
         i->core_.start(detail::clock::now());
         i->run();
     });

@@ -422,7 +422,8 @@ void connection_core::complete(send_id id, boost::system::error_code ec, message
     action a{action::kind::complete};
     a.id = id;
     a.error = ec;
-    a.ack = std::move(ack);
+    if (!ec)
+        a.data = std::move(ack);
     actions_.push_back(std::move(a));
 }
 
@@ -439,7 +440,7 @@ void connection_core::notify(owned_event ev)
     if (!options_.observer)
         return;
     action a{action::kind::notify};
-    a.ev = std::move(ev);
+    a.data = std::move(ev);
     actions_.push_back(std::move(a));
 }
 

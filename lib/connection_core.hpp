@@ -18,6 +18,7 @@
 #include <deque>
 #include <optional>
 #include <random>
+#include <variant>
 #include <string>
 #include <vector>
 
@@ -85,9 +86,19 @@ public:
         send_id id = 0;
         std::uint32_t attempt = 0;
         boost::system::error_code error{};
-        message ack{};
-        owned_event ev{event::kind::connecting};
         clock::time_point deadline{};
+        // The ACK of a successful `complete`, the event of a `notify`. Kept apart from the
+        // plain members so that the many actions without them stay cheap to move.
+        std::variant<std::monostate, message, owned_event> data{};
+
+        /// The ACK of a `complete` (an empty message when it failed).
+        message take_ack()
+        {
+            auto* m = std::get_if<message>(&data);
+            return m ? std::move(*m) : message{};
+        }
+        /// The event of a `notify`.
+        const owned_event& event() const { return std::get<owned_event>(data); }
     };
 
     connection_core(const connection_options& options, counter_block& counters, std::uint64_t seed);

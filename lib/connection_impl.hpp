@@ -43,7 +43,9 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     void read(std::uint64_t link);
     void write(std::uint64_t link, std::uint64_t id);
     void arm(detail::clock::time_point deadline);
-    void enqueue(std::uint64_t id, message msg, boost::asio::any_completion_handler<send_signature> handler);
+    /// `initiating`: called inside async_send itself, where no handler may complete inline.
+    void enqueue(std::uint64_t id, message msg, boost::asio::any_completion_handler<send_signature> handler,
+                 bool initiating);
 
     boost::asio::strand<boost::asio::any_io_executor> strand_;
     boost::asio::ip::tcp::resolver resolver_;
@@ -59,9 +61,10 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     std::unordered_map<std::uint64_t, pending_send> pending_;
     std::vector<boost::asio::any_completion_handler<void()>> close_waiters_;
     payload writing_;                  // the bytes of the write in progress
+    bool initiating_ = false;          // inside an async_send call: completions must be posted
     std::uint64_t connecting_link_ = 0; // the link whose connect is in progress
     std::uint64_t open_link_ = 0;       // the link the open socket belongs to
-    std::array<char, 16384> read_buffer_{};
+    std::array<char, 4096> read_buffer_{}; // ACKs are small; a larger reply is gathered by the decoder
 };
 
 } // namespace hl7

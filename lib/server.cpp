@@ -272,7 +272,7 @@ outcome::result<server> server::create(executor_type ex, server_options options)
         return errc::invalid_host;
     const tcp::endpoint endpoint{address, options.port};
     if (!options.handler) {
-        options.handler = [](message m) -> asio::awaitable<message> {
+        options.handler = [](const message& m) -> asio::awaitable<message> {
             co_return make_ack(m, ack_code::accept).value();
         };
     }

@@ -131,7 +131,7 @@ struct connection_options {
     /// Called on the connection's strand. Empty: parsed as is.
     std::function<std::string(std::string_view)> receive_hook = {};
     /// Told about what happens (see event). Called on the connection's strand; it must not
-    /// block. It may call the connection's member functions (they never run inline).
+    /// block. It may call the connection's member functions.
     std::function<void(const event&)> observer = {};
 };
 
@@ -153,9 +153,11 @@ class client;
 /// (event::discarded, counters().discarded) and never answers the next message.
 ///
 /// Thread safety: the object is a handle to state that lives on a strand. All member
-/// functions may be called from any thread, concurrently. Completion handlers run on their
-/// associated executor (by default the connection's strand), never inside the initiating
-/// call. Works on single- and multi-threaded io_contexts.
+/// functions may be called from any thread, concurrently; calls made on the strand itself
+/// (from a completion handler or a coroutine running there) take effect at once, others are
+/// posted to it. Completion handlers run on their associated executor (by default the
+/// connection's strand), never inside the initiating call. Works on single- and
+/// multi-threaded io_contexts.
 ///
 /// Lifetime: move-only. Destroying the handle closes the connection (as close() does,
 /// without waiting); outstanding sends still complete.

@@ -35,7 +35,9 @@ namespace hl7 {
 /// connections are served concurrently, so a handler shared by them must be safe to call
 /// concurrently. An exception thrown by the handler is caught, answered with an AE
 /// acknowledgement (HL7 error 207, ERR-8 its what()) and reported to the observer.
-using server_handler = std::function<boost::asio::awaitable<message>(message)>;
+/// The message stays alive, unchanged, until the handler's coroutine has finished; copy it
+/// to keep it longer.
+using server_handler = std::function<boost::asio::awaitable<message>(const message&)>;
 
 /// Something the server noticed, for logging. Passed to server_options::observer.
 /// `control_id` and `detail` are valid only during the observer call.

@@ -262,7 +262,7 @@ TEST_CASE("a custom coroutine handler makes the reply")
 {
     on_one_and_two_threads([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        auto server = start(ex, {.handler = [](message m) -> asio::awaitable<message> {
+        auto server = start(ex, {.handler = [](const message& m) -> asio::awaitable<message> {
                                      // Suspends for real before answering.
                                      auto executor = co_await asio::this_coro::executor;
                                      co_await asio::post(executor, asio::use_awaitable);
@@ -303,7 +303,7 @@ TEST_CASE("connections are served concurrently: one waiting in its handler does 
         auto ex = co_await asio::this_coro::executor;
         event waiting(ex);
         event go(ex);
-        auto server = start(ex, {.handler = [&](message m) -> asio::awaitable<message> {
+        auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<message> {
                                      if (m.get("MSH.10") == "WAIT") {
                                          waiting.set();
                                          co_await go.wait();
@@ -448,7 +448,7 @@ TEST_CASE("a handler that throws is answered with AE 207 and reported, and the c
         recorder events;
         auto ex = co_await asio::this_coro::executor;
         auto server = start(ex,
-                            {.handler = [](message m) -> asio::awaitable<message> {
+                            {.handler = [](const message& m) -> asio::awaitable<message> {
                                  if (m.get("MSH.10") == "THROW")
                                      throw std::runtime_error("database down");
                                  co_return hl7::make_ack(m, hl7::ack_code::accept).value();
@@ -576,7 +576,7 @@ TEST_CASE("async_stop lets a running handler finish and deliver its reply before
         auto ex = co_await asio::this_coro::executor;
         recorder events;
         event started(ex);
-        auto server = start(ex, {.handler = [&](message m) -> asio::awaitable<message> {
+        auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<message> {
                                      started.set();
                                      co_await hl7::test::sleep_for(200ms);
                                      co_return hl7::make_ack(m, hl7::ack_code::accept).value();
@@ -719,7 +719,7 @@ TEST_CASE("stopping and destroying a server while a handler is running leaves no
         event started(ex);
         std::optional<raw_client> idle;
         {
-            auto server = start(ex, {.handler = [&](message m) -> asio::awaitable<message> {
+            auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<message> {
                                          started.set();
                                          co_await hl7::test::sleep_for(1h);
                                          co_return hl7::make_ack(m, hl7::ack_code::accept).value();

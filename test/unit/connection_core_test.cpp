@@ -60,7 +60,7 @@ struct harness {
             if (x.what == kind::write)
                 written.push_back(x.id);
             if (x.what == kind::notify)
-                events.push_back(x.ev);
+                events.push_back(x.event());
             if (x.what == kind::arm_timer)
                 timer = x.deadline;
         }
@@ -202,8 +202,9 @@ TEST_CASE("the matching ACK completes the send, whatever its code")
         CHECK_FALSE(h.completed[id]);
         auto done = std::find_if(acts.begin(), acts.end(), [](const action& a) { return a.what == kind::complete; });
         REQUIRE(done != acts.end());
-        CHECK(done->ack.get("MSA.1") == codes[id - 1]);
-        CHECK(done->ack.get("MSA.2") == harness::cid(id));
+        const hl7::message& ack = std::get<hl7::message>(done->data);
+        CHECK(ack.get("MSA.1") == codes[id - 1]);
+        CHECK(ack.get("MSA.2") == harness::cid(id));
     }
     CHECK(h.counters.sent == 6);
     CHECK(h.counters.acknowledged == 2);
