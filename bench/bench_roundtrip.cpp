@@ -5,6 +5,7 @@
 #include <hl7/connection.hpp>
 #include <hl7/server.hpp>
 
+#include "tls_certs.hpp"
 #include "util.hpp"
 
 #include <benchmark/benchmark.h>
@@ -19,6 +20,7 @@
 #include <algorithm>
 #include <barrier>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <csignal>
 #include <malloc.h>
@@ -47,10 +49,30 @@ const std::string& raw_ack()
     return a;
 }
 
+// Certificates for the TLS variant, made once per run and removed at exit.
+const hl7::test::certificates& certs()
+{
+    static const struct holder : hl7::test::certificates {
+        holder() : hl7::test::certificates(hl7::test::make_certificates()) {}
+        ~holder() { std::filesystem::remove_all(dir); }
+    } c;
+    return c;
+}
+
+hl7::server_options server_options(bool tls)
+{
+    hl7::server_options o{.host = "127.0.0.1", .port = 0};
+    if (tls)
+        o.tls = hl7::tls_server_options{.certificate_file = certs().server_cert, .private_key_file = certs().server_key};
+    return o;
+}
+
 // The library's server on its own io_context and thread.
 struct library_server {
+    explicit library_server(bool tls = false) : server(hl7::server::create(ctx.get_executor(), server_options(tls)).value()) {}
+
     asio::io_context ctx;
-    hl7::server server = hl7::server::create(ctx.get_executor(), {.host = "127.0.0.1", .port = 0}).value();
+    hl7::server server;
     std::thread thread{[this] { ctx.run(); }};
 
     std::uint16_t port() const { return server.local_endpoint().port(); }
@@ -169,12 +191,15 @@ void report_latency(benchmark::State& state, std::vector<double>& us)
     state.counters["p99_us"] = us[us.size() * 99 / 100];
 }
 
-void roundtrip_sequential(benchmark::State& state)
+void roundtrip_sequential(benchmark::State& state, bool tls)
 {
-    library_server server;
+    library_server server(tls);
     asio::io_context ctx;
     auto client = hl7::client::create(ctx.get_executor(), {.host = "127.0.0.1"}).value();
-    auto conn = client.connect(server.port()).value();
+    hl7::connection_options options;
+    if (tls)
+        options.tls = hl7::tls_client_options{.ca_file = certs().ca};
+    auto conn = client.connect(server.port(), options).value();
     std::vector<double> latencies;
     latencies.reserve(1 << 20);
     bool wrong = false;
@@ -369,7 +394,8 @@ void memory_million_messages(benchmark::State& state)
 
 } // namespace
 
-BENCHMARK(roundtrip_sequential)->Name("roundtrip/sequential")->MinTime(2.0)->UseRealTime();
+BENCHMARK_CAPTURE(roundtrip_sequential, plain, false)->Name("roundtrip/sequential")->MinTime(2.0)->UseRealTime();
+BENCHMARK_CAPTURE(roundtrip_sequential, tls, true)->Name("roundtrip/sequential_tls")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_raw_baseline)->Name("roundtrip/raw_baseline")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_connections_8)->Name("roundtrip/connections_8")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_connections_8_raw_baseline)->Name("roundtrip/connections_8_raw_baseline")->MinTime(2.0)->UseRealTime();

@@ -1,6 +1,7 @@
 #include "connection_impl.hpp"
 
 #include <boost/asio/post.hpp>
+#include <boost/outcome/try.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <mutex>
@@ -65,9 +66,13 @@ outcome::result<connection> client::connect(int port, connection_options options
 {
     if (port < 1 || port > 65535)
         return errc::invalid_port;
+    std::shared_ptr<asio::ssl::context> tls;
+    if (options.tls) {
+        BOOST_OUTCOME_TRY(tls, detail::make_client_context(*options.tls));
+    }
     auto counters = std::make_shared<detail::counter_block>();
     auto i = std::make_shared<connection::impl>(state_->ex, state_->host, static_cast<std::uint16_t>(port),
-                                                std::move(options), counters);
+                                                std::move(options), counters, std::move(tls));
     {
         std::lock_guard lock(state_->mutex);
         state_->prune();

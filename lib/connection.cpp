@@ -46,7 +46,8 @@ void complete_handler(bool initiating, asio::any_completion_handler<Signature> h
 } // namespace
 
 connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
-                       std::shared_ptr<detail::counter_block> counters)
+                       std::shared_ptr<detail::counter_block> counters,
+                       std::shared_ptr<asio::ssl::context> tls_context)
     : strand_(asio::make_strand(ex)),
       resolver_(strand_),
       socket_(strand_),
@@ -55,6 +56,7 @@ connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t p
       port_(port),
       options_(std::move(options)),
       counters_(std::move(counters)),
+      tls_context_(std::move(tls_context)),
       core_(options_, *counters_, random_seed())
 {
 }
@@ -114,17 +116,10 @@ void connection::impl::connect(std::uint64_t link)
     connecting_link_ = link;
     auto self = shared_from_this();
     auto on_connected = [self, link](boost::system::error_code ec, const tcp::endpoint& peer) {
-        if (ec) {
+        if (ec)
             self->core_.connect_failed(link, ec, detail::clock::now());
-        } else if (link == self->connecting_link_) {
-            boost::system::error_code ignored;
-            self->socket_.set_option(tcp::no_delay(true), ignored);
-            self->connecting_link_ = 0;
-            self->open_link_ = link;
-            self->core_.connected(link, peer, detail::clock::now());
-            if (self->open_link_ == link)
-                self->read(link);
-        }
+        else if (link == self->connecting_link_)
+            self->secure(link, peer);
         self->run();
     };
     if (host_.kind != host_kind::name) {
@@ -149,10 +144,47 @@ void connection::impl::connect(std::uint64_t link)
         });
 }
 
+// A new stream for each link: the handlers of an earlier one may still hold theirs.
+void connection::impl::secure(std::uint64_t link, const tcp::endpoint& peer)
+{
+    boost::system::error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    stream_ = std::make_shared<detail::stream>(socket_, tls_context_.get());
+    if (!stream_->secure()) {
+        established(link, peer);
+        return;
+    }
+    detail::prepare_client(stream_->native_handle(), *options_.tls, host_);
+    core_.handshaking(link, detail::clock::now());
+    stream_->async_handshake(asio::ssl::stream_base::client, [self = shared_from_this(), link, peer,
+                                                              s = stream_](boost::system::error_code ec) {
+        if (link == self->connecting_link_) {
+            if (ec)
+                self->core_.connect_failed(link, detail::name_tls_error(ec, s->native_handle()), detail::clock::now());
+            else
+                self->established(link, peer);
+        }
+        self->run();
+    });
+}
+
+void connection::impl::established(std::uint64_t link, const tcp::endpoint& peer)
+{
+    connecting_link_ = 0;
+    open_link_ = link;
+    core_.connected(link, peer, detail::clock::now());
+    if (open_link_ == link)
+        read(link);
+}
+
 void connection::impl::read(std::uint64_t link)
 {
-    socket_.async_read_some(asio::buffer(read_buffer_), [self = shared_from_this(), link](boost::system::error_code ec,
-                                                                                         std::size_t n) {
+    stream_->async_read_some(asio::buffer(read_buffer_), [self = shared_from_this(), link, s = stream_](
+                                                             boost::system::error_code ec, std::size_t n) {
+        // A TLS alert here names what the handshake could not (TLS 1.3 reports a missing
+        // client certificate only after it).
+        if (ec && ec.category() == asio::error::get_ssl_category())
+            ec = detail::name_tls_error(ec, s->native_handle());
         if (ec)
             self->core_.read_failed(link, ec, detail::clock::now());
         else
@@ -176,7 +208,7 @@ void connection::impl::write(std::uint64_t link, std::uint64_t id)
     const std::string_view body = writing_.bytes();
     const std::array<asio::const_buffer, 3> frame{asio::buffer(start), asio::buffer(body.data(), body.size()),
                                                   asio::buffer(end)};
-    asio::async_write(socket_, frame, [self = shared_from_this(), link](boost::system::error_code ec, std::size_t) {
+    stream_->async_write(frame, [self = shared_from_this(), link, s = stream_](boost::system::error_code ec, std::size_t) {
         self->writing_ = {};
         self->core_.written(link, ec, detail::clock::now());
         self->run();

@@ -152,6 +152,15 @@ void connection_core::close(clock::time_point now)
     rearm();
 }
 
+void connection_core::handshaking(std::uint64_t link, clock::time_point now)
+{
+    if (link != link_ || state_ != link_state::connecting || !options_.tls)
+        return;
+    handshaking_ = true;
+    deadline_ = now + options_.tls->handshake_timeout;
+    rearm();
+}
+
 void connection_core::connected(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer, clock::time_point now)
 {
     if (link != link_ || state_ != link_state::connecting)
@@ -242,7 +251,7 @@ void connection_core::timer_fired(clock::time_point now)
     armed_ = clock::time_point::max();
     if (state_ == link_state::connecting && now >= deadline_) {
         actions_.push_back({action::kind::close_socket, link_});
-        retry_or_give_up(errc::connect_timeout, now);
+        retry_or_give_up(handshaking_ ? errc::tls_handshake_timeout : errc::connect_timeout, now);
     } else if (state_ == link_state::backing_off && now >= deadline_) {
         begin_connect(now);
     }
@@ -270,6 +279,7 @@ void connection_core::begin_connect(clock::time_point now)
 {
     state_ = link_state::connecting;
     ++link_;
+    handshaking_ = false;
     deadline_ = now + options_.connect_timeout;
     owned_event ev{event::kind::connecting};
     ev.attempt = failures_ + 1;

@@ -108,6 +108,9 @@ public:
     void send(send_id id, std::string control_id, clock::time_point now);
     void cancel(send_id id, bool terminal, clock::time_point now);
     void close(clock::time_point now);
+    /// TLS: the TCP connection of `link` is up and its handshake starts; from now the
+    /// handshake timeout applies instead of the connect timeout.
+    void handshaking(std::uint64_t link, clock::time_point now);
     void connected(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer, clock::time_point now);
     void connect_failed(std::uint64_t link, boost::system::error_code ec, clock::time_point now);
     void written(std::uint64_t link, boost::system::error_code ec, clock::time_point now);
@@ -161,6 +164,7 @@ private:
     std::uint32_t failures_ = 0;
     bool ever_connected_ = false;
     bool write_pending_ = false;
+    bool handshaking_ = false;
     clock::time_point deadline_ = clock::time_point::max(); // of the connect attempt or the backoff
     clock::time_point armed_ = clock::time_point::max();
     boost::system::error_code last_error_{};

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "connection_core.hpp"
+#include "tls.hpp"
 
 #include <hl7/connection.hpp>
 
@@ -33,13 +34,16 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     };
 
     impl(boost::asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
-         std::shared_ptr<detail::counter_block> counters);
+         std::shared_ptr<detail::counter_block> counters, std::shared_ptr<boost::asio::ssl::context> tls_context);
 
     /// Starts connecting unless the connection is lazy.
     void begin();
     /// Carries out every action the core has.
     void run();
     void connect(std::uint64_t link);
+    /// The TCP connection of `link` is up: on to the TLS handshake, if any.
+    void secure(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer);
+    void established(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer);
     void read(std::uint64_t link);
     void write(std::uint64_t link, std::uint64_t id);
     void arm(detail::clock::time_point deadline);
@@ -50,11 +54,13 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     boost::asio::strand<boost::asio::any_io_executor> strand_;
     boost::asio::ip::tcp::resolver resolver_;
     boost::asio::ip::tcp::socket socket_;
+    std::shared_ptr<detail::stream> stream_; // the socket, or TLS over it, of the latest link
     boost::asio::steady_timer timer_;
     const hl7::host host_;
     const std::uint16_t port_;
     const connection_options options_;
     const std::shared_ptr<detail::counter_block> counters_;
+    const std::shared_ptr<boost::asio::ssl::context> tls_context_; // null: plaintext
     detail::connection_core core_;
     std::atomic<link_state> state_{link_state::idle};
     std::atomic<std::uint64_t> next_id_{1};

@@ -32,6 +32,14 @@ public:
         case errc::connection_lost: return "connection lost while waiting for the acknowledgement";
         case errc::missing_control_id: return "message has no MSH-10 control id";
         case errc::closed: return "closed";
+        case errc::tls_setup_failed: return "TLS setup failed: a CA, certificate or key could not be loaded";
+        case errc::tls_handshake_timeout: return "TLS handshake timed out";
+        case errc::tls_untrusted_certificate: return "TLS: peer certificate not trusted";
+        case errc::tls_name_mismatch: return "TLS: server certificate does not match the expected name";
+        case errc::tls_certificate_expired: return "TLS: peer certificate expired or not yet valid";
+        case errc::tls_no_client_certificate: return "TLS: the server requires a client certificate";
+        case errc::tls_plaintext_peer: return "TLS: peer does not speak TLS";
+        case errc::tls_handshake_failed: return "TLS handshake failed";
         }
         return "unknown hl7 error " + std::to_string(ev);
     }

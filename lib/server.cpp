@@ -1,5 +1,7 @@
 #include <hl7/server.hpp>
 
+#include "tls.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/v6_only.hpp>
@@ -69,8 +71,8 @@ std::optional<message> readable_header(std::string_view frame)
 
 struct server::impl {
     struct session {
-        explicit session(tcp::socket s)
-            : strand(s.get_executor()), socket(std::move(s))
+        session(tcp::socket s, asio::ssl::context* tls)
+            : strand(s.get_executor()), socket(std::move(s)), stream(socket, tls)
         {
             error_code ignored;
             peer = socket.remote_endpoint(ignored);
@@ -81,15 +83,16 @@ struct server::impl {
 
         const executor_type strand;
         tcp::socket socket;
+        detail::stream stream; // the socket, or TLS over it
         tcp::endpoint peer;
         // On `strand` only.
         bool stop_requested = false;
         bool reading = false;
     };
 
-    impl(executor_type e, server_options o)
+    impl(executor_type e, server_options o, std::shared_ptr<asio::ssl::context> t)
         : ex(std::move(e)), strand(asio::make_strand(ex)), acceptor(strand), accept_pause(strand),
-          options(std::move(o))
+          options(std::move(o)), tls(std::move(t))
     {
     }
 
@@ -99,6 +102,7 @@ struct server::impl {
     asio::steady_timer accept_pause;
     tcp::endpoint endpoint;
     const server_options options;
+    const std::shared_ptr<asio::ssl::context> tls; // null: plaintext
     std::atomic<std::uint64_t> connections{0};
     std::atomic<std::uint64_t> received{0};
     std::atomic<std::uint64_t> replied{0};
@@ -161,7 +165,7 @@ struct server::impl {
                 continue;
             }
             self->connections.fetch_add(1, relaxed);
-            auto s = std::make_shared<session>(std::move(socket));
+            auto s = std::make_shared<session>(std::move(socket), self->tls.get());
             auto it = self->sessions.insert(self->sessions.end(), s);
             // The completion handler runs even when the session ended by an exception, so
             // the session always leaves the list.
@@ -174,9 +178,46 @@ struct server::impl {
         }
     }
 
+    // The TLS handshake, bounded by its timeout: on expiry the socket is closed under it. The
+    // timer's handler may run after this coroutine is gone, so what it touches is shared.
+    asio::awaitable<error_code> handshake(std::shared_ptr<session> s)
+    {
+        struct race {
+            bool expired = false;
+            bool over = false;
+        };
+        auto state = std::make_shared<race>();
+        asio::steady_timer deadline(s->strand, options.tls->handshake_timeout);
+        deadline.async_wait([s, state](error_code ec) {
+            if (!ec && !state->over) {
+                state->expired = true;
+                error_code ignored;
+                s->socket.close(ignored);
+            }
+        });
+        auto [ec] = co_await s->stream.async_handshake(asio::ssl::stream_base::server, asio::as_tuple(asio::use_awaitable));
+        state->over = true;
+        if (state->expired)
+            co_return errc::tls_handshake_timeout;
+        co_return ec ? detail::name_tls_error(ec, s->stream.native_handle()) : ec;
+    }
+
     static asio::awaitable<void> serve(std::shared_ptr<impl> self, std::shared_ptr<session> s)
     {
         self->report({.what = kind::accepted, .peer = s->peer});
+        if (s->stream.secure()) {
+            s->reading = true; // a stop closes the socket under the handshake, as under a read
+            const error_code ec = co_await self->handshake(s);
+            s->reading = false;
+            if (ec) {
+                self->errors.fetch_add(1, relaxed);
+                self->report({.what = kind::handshake_failed, .peer = s->peer, .error = ec});
+                error_code ignored;
+                s->socket.close(ignored);
+                self->report({.what = kind::disconnected, .peer = s->peer, .error = ec});
+                co_return;
+            }
+        }
         mllp::decoder decoder(self->options.max_frame);
         std::array<char, 16 * 1024> buffer;
         error_code why;
@@ -186,7 +227,7 @@ struct server::impl {
                 break;
             }
             s->reading = true;
-            auto [ec, n] = co_await s->socket.async_read_some(asio::buffer(buffer), asio::as_tuple(asio::use_awaitable));
+            auto [ec, n] = co_await s->stream.async_read_some(asio::buffer(buffer), asio::as_tuple(asio::use_awaitable));
             s->reading = false;
             if (ec) {
                 why = s->stop_requested ? make_error_code(errc::closed) : ec;
@@ -255,7 +296,7 @@ struct server::impl {
         static constexpr char trailer[] = {mllp::end_block, mllp::carriage_return};
         const std::array<asio::const_buffer, 3> framed{
             asio::buffer(&mllp::start_block, 1), asio::buffer(reply.value().str()), asio::buffer(trailer)};
-        auto [ec, n] = co_await asio::async_write(s.socket, framed, asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await s.stream.async_write(framed, asio::as_tuple(asio::use_awaitable));
         if (ec)
             co_return ec;
         replied.fetch_add(1, relaxed);
@@ -276,7 +317,14 @@ outcome::result<server> server::create(executor_type ex, server_options options)
             co_return make_ack(m, ack_code::accept).value();
         };
     }
-    auto i = std::make_shared<impl>(std::move(ex), std::move(options));
+    std::shared_ptr<asio::ssl::context> tls;
+    if (options.tls) {
+        auto ctx = detail::make_server_context(*options.tls);
+        if (!ctx)
+            return ctx.error();
+        tls = std::move(ctx).value();
+    }
+    auto i = std::make_shared<impl>(std::move(ex), std::move(options), std::move(tls));
 
     auto& a = i->acceptor;
     a.open(endpoint.protocol(), ec);

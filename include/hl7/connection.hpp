@@ -18,6 +18,7 @@
 #include <hl7/host.hpp>
 #include <hl7/message.hpp>
 #include <hl7/mllp.hpp>
+#include <hl7/tls.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
@@ -30,6 +31,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -133,6 +135,10 @@ struct connection_options {
     /// Told about what happens (see event). Called on the connection's strand; it must not
     /// block. It may call the connection's member functions.
     std::function<void(const event&)> observer = {};
+    /// TLS: when set, every connection attempt does a TLS handshake after the TCP connect
+    /// (within tls->handshake_timeout); a failed handshake is a failed attempt, named by its
+    /// error, and never falls back to plaintext. Empty: plaintext MLLP.
+    std::optional<tls_client_options> tls = {};
 };
 
 class client;
@@ -264,7 +270,8 @@ public:
     ~client();
 
     /// A new, independent connection to `port` with the client's default options.
-    /// Fails with errc::invalid_port outside 1-65535.
+    /// Fails with errc::invalid_port outside 1-65535, or errc::tls_setup_failed when the
+    /// TLS files cannot be loaded.
     outcome::result<connection> connect(int port) const;
     /// As above with its own options.
     outcome::result<connection> connect(int port, connection_options options) const;

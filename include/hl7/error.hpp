@@ -69,6 +69,26 @@ enum class errc {
     missing_control_id,
     /// The connection or client was closed.
     closed,
+
+    // --- TLS -------------------------------------------------------------------------------
+    /// The TLS options could not be applied: a CA, certificate or key file that is missing or
+    /// unreadable, a key that does not match its certificate, an unknown cipher list.
+    tls_setup_failed,
+    /// The TLS handshake did not finish within the handshake timeout.
+    tls_handshake_timeout,
+    /// The peer's certificate does not chain to a trusted CA (or is self-signed).
+    tls_untrusted_certificate,
+    /// The server's certificate is not valid for the expected name or address (RFC 6125).
+    tls_name_mismatch,
+    /// The peer's certificate has expired (or is not valid yet).
+    tls_certificate_expired,
+    /// The server requires a client certificate and none was presented.
+    tls_no_client_certificate,
+    /// The peer does not speak TLS (it answered in plaintext).
+    tls_plaintext_peer,
+    /// The TLS handshake failed for another reason (no common protocol or cipher, a bad
+    /// message...).
+    tls_handshake_failed,
 };
 
 /// Negative acknowledgements from the peer (category name "hl7.ack").

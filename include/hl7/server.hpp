@@ -14,6 +14,7 @@
 #include <hl7/ack.hpp>
 #include <hl7/message.hpp>
 #include <hl7/mllp.hpp>
+#include <hl7/tls.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace hl7 {
@@ -52,6 +54,8 @@ struct server_event {
         handler_error, ///< the handler threw; `detail` is its what(); answered with AE
         disconnected,  ///< the connection from `peer` ended; `error` says why: eof when the peer
                        ///< closed, errc::closed when the server was stopped
+        handshake_failed, ///< the TLS handshake with `peer` failed: `error` names why
+                          ///< (errc::tls_no_client_certificate, tls_plaintext_peer...)
     };
     kind what = kind::accepted;
     boost::asio::ip::tcp::endpoint peer = {};
@@ -83,6 +87,10 @@ struct server_options {
     /// must not block, and concurrently for different connections. An exception it throws
     /// ends that connection. Empty: nothing is reported.
     std::function<void(const server_event&)> observer = {};
+    /// TLS: when set, every connection starts with a TLS handshake (within
+    /// tls->handshake_timeout) and is dropped, reported as handshake_failed, when it fails.
+    /// Empty: plaintext MLLP.
+    std::optional<tls_server_options> tls = {};
 };
 
 /// An MLLP server.
@@ -100,8 +108,8 @@ public:
     using executor_type = boost::asio::any_io_executor;
 
     /// Binds `options.host:options.port` and starts accepting. Fails with the bind error
-    /// (address in use, address not available...) or errc::invalid_host when host is not
-    /// an IP address literal.
+    /// (address in use, address not available...), errc::invalid_host when host is not
+    /// an IP address literal, or errc::tls_setup_failed when the TLS files cannot be loaded.
     static outcome::result<server> create(executor_type ex, server_options options);
 
     server(server&&) noexcept;

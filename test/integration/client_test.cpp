@@ -360,7 +360,7 @@ TEST_CASE("an ACK with the wrong MSA-2 is a mismatch and the link is reset")
             if (index == 0) {
                 co_await l.read_message();
                 co_await l.write(peer_link::ack_bytes_for("NOT-YOURS"));
-                co_await l.read_frame(); // until the client drops the link
+                co_await l.drain(); // until the client drops the link
                 co_return;
             }
             co_await l.serve();
@@ -482,7 +482,7 @@ TEST_CASE("a peer that half-closes is noticed at once and the message in flight 
                 co_await l.read_message();
                 boost::system::error_code ignored;
                 l.socket.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
-                co_await l.read_frame();
+                co_await l.drain();
                 co_return;
             }
             co_await l.serve();
@@ -551,7 +551,7 @@ TEST_CASE("an oversized reply frame fails the message with frame_too_large")
             if (index == 0) {
                 co_await l.read_message();
                 co_await l.write("\x0b" + std::string(4096, 'x') + "\x1c\r");
-                co_await l.read_frame();
+                co_await l.drain();
                 co_return;
             }
             co_await l.serve();
@@ -615,7 +615,7 @@ TEST_CASE("a reply that is not an ACK is a garbled ACK")
             if (index == 0) {
                 co_await l.read_message();
                 co_await l.write(hl7::mllp::encode("this is not HL7"));
-                co_await l.read_frame();
+                co_await l.drain();
                 co_return;
             }
             co_await l.serve();

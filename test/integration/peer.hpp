@@ -98,6 +98,13 @@ public:
                             "|P|2.5.1\rMSA|" + std::string(code) + "|" + std::string(control_id) + "\r");
     }
 
+    /// Reads, ignoring everything, until the client closes.
+    asio::awaitable<void> drain()
+    {
+        while (co_await read_frame()) {
+        }
+    }
+
     /// Answers messages with AA until the client closes.
     asio::awaitable<void> serve()
     {

@@ -448,6 +448,31 @@ TEST_CASE("a connection attempt that outlasts the connect timeout counts as a fa
     CHECK(h.core.state() == link_state::backing_off);
 }
 
+TEST_CASE("with TLS, the handshake has its own timeout and its expiry is named")
+{
+    auto o = harness::defaults();
+    o.connect_timeout = 10s;
+    o.tls = hl7::tls_client_options{.handshake_timeout = 3s};
+    harness h(o);
+    h.core.start(h.now);
+    h.drain();
+    h.now += 1s;
+    h.core.handshaking(h.link, h.now);
+    h.drain();
+    CHECK(h.timer == h.now + 3s);
+    h.fire();
+    CHECK(h.core.state() == link_state::backing_off);
+    REQUIRE(h.count_events(hl7::event::kind::reconnect_scheduled) == 1);
+    CHECK(h.events.back().error == errc::tls_handshake_timeout);
+    // The next attempt starts with the connect timeout again.
+    h.fire();
+    h.drain();
+    CHECK(h.core.state() == link_state::connecting);
+    h.advance(h.options.connect_timeout);
+    h.drain();
+    CHECK(h.events.back().error == errc::connect_timeout);
+}
+
 TEST_CASE("a dropped link fails the message in flight and sends the queued ones, in order, after reconnecting")
 {
     harness h;

@@ -10,13 +10,13 @@
 TEST_CASE("library errors are in the hl7 category and have distinct messages")
 {
     std::set<std::string> messages;
-    for (int e = static_cast<int>(hl7::errc::not_hl7); e <= static_cast<int>(hl7::errc::closed); ++e) {
+    for (int e = static_cast<int>(hl7::errc::not_hl7); e <= static_cast<int>(hl7::errc::tls_handshake_failed); ++e) {
         const boost::system::error_code ec = static_cast<hl7::errc>(e);
         CHECK(std::string(ec.category().name()) == "hl7");
         CHECK(ec.message().find("unknown") == std::string::npos);
         messages.insert(ec.message());
     }
-    CHECK(messages.size() == static_cast<std::size_t>(hl7::errc::closed));
+    CHECK(messages.size() == static_cast<std::size_t>(hl7::errc::tls_handshake_failed));
 }
 
 TEST_CASE("negative acknowledgements are in the hl7.ack category")

@@ -1,0 +1,84 @@
+// hl7 get: the values at paths of one message (a batch counts as one message here, so that
+// its FHS/BHS segments can be read too).
+#include "commands.hpp"
+#include "output.hpp"
+
+#include <hl7/message.hpp>
+#include <hl7/mllp.hpp>
+
+#include <cerrno>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace hl7::tool {
+
+namespace {
+
+std::string read_all(const std::string& file)
+{
+    if (file == "-") {
+        std::ostringstream s;
+        s << std::cin.rdbuf();
+        return s.str();
+    }
+    std::ifstream in(file, std::ios::binary);
+    if (!in)
+        throw failure(exit_usage, "cannot open '" + file + "': " + describe({errno, boost::system::system_category()}));
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// The message's bytes: leading whitespace and a byte order mark dropped, and the payload of
+// the first frame when the input is MLLP-framed.
+std::string unwrap(std::string bytes, const std::string& source)
+{
+    if (bytes.starts_with("\xEF\xBB\xBF"))
+        bytes.erase(0, 3);
+    bytes.erase(0, bytes.find_first_not_of(" \t\r\n"));
+    if (bytes.empty() || bytes[0] != mllp::start_block)
+        return bytes;
+    mllp::decoder decoder(bytes.size());
+    decoder.feed(bytes);
+    for (;;) {
+        auto frame = decoder.next();
+        if (frame)
+            return std::string(frame.value());
+        if (frame.error() == errc::need_more)
+            throw failure(exit_failed, source + ": no complete MLLP frame");
+    }
+}
+
+} // namespace
+
+int run_get(const get_options& o)
+{
+    // Paths are checked before any input is read; an empty message tells a segment id that
+    // is not HL7 (`PDI.5`) from one that is merely absent.
+    std::vector<hl7::path> paths;
+    for (const std::string& text : o.paths) {
+        auto p = hl7::path::parse(text);
+        if (!p || !message{}.get(p.value()))
+            throw failure(exit_usage, "bad path '" + text + "'");
+        paths.push_back(p.value());
+    }
+
+    const std::string source = o.file == "-" ? "standard input" : o.file;
+    auto msg = message::parse(unwrap(read_all(o.file), source));
+    if (!msg)
+        throw failure(exit_failed, source + ": " + describe(msg.error()));
+
+    std::string out;
+    for (std::size_t i = 0; i < paths.size(); ++i) {
+        const auto v = msg.value().get(paths[i]);
+        if (!v)
+            throw failure(exit_usage, "bad path '" + o.paths[i] + "'");
+        out += o.raw ? std::string(v.value().raw()) : v.value().decoded();
+        out += '\n';
+    }
+    write_stdout(out);
+    return exit_ok;
+}
+
+} // namespace hl7::tool

@@ -1,0 +1,219 @@
+// hl7 listen: an MLLP server (hl7::server) that acknowledges each message and writes it out.
+// Everything runs on one thread, so the handler and the observer share state without locks.
+#include "commands.hpp"
+#include "output.hpp"
+
+#include <hl7/server.hpp>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+namespace hl7::tool {
+
+namespace {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+
+// The required fields a message lacks, as `MSH-9 (message type)`, with the field number.
+std::vector<std::pair<int, std::string>> missing_fields(const message& m)
+{
+    std::vector<std::pair<int, std::string>> missing;
+    const std::pair<const char*, std::pair<int, const char*>> required[] = {
+        {"MSH.9.1", {9, "MSH-9 (message type)"}},
+        {"MSH.10", {10, "MSH-10 (message control id)"}},
+        {"MSH.12", {12, "MSH-12 (version id)"}},
+    };
+    for (const auto& [path, field] : required) {
+        auto v = m.get(path);
+        if (!v || v.value().raw().empty())
+            missing.emplace_back(field.first, field.second);
+    }
+    return missing;
+}
+
+// The reply `options` ask for: AE or AR for everything, or AA unless a required field is
+// missing, which is answered AR with HL7 error 101 and an ERR segment naming the field.
+message make_reply(const message& m, ack_code asked)
+{
+    if (asked != ack_code::accept) {
+        const std::string text = std::string("hl7 listen --reply ") + (asked == ack_code::error ? "AE" : "AR");
+        return make_ack(m, asked, {.text = text}).value();
+    }
+    const auto missing = missing_fields(m);
+    if (missing.empty())
+        return make_ack(m, ack_code::accept).value();
+    std::string text = "required field";
+    text += missing.size() > 1 ? "s " : " ";
+    for (std::size_t i = 0; i < missing.size(); ++i)
+        text += (i == 0 ? "" : ", ") + missing[i].second;
+    text += missing.size() > 1 ? " are missing" : " is missing";
+    message ack = make_ack(m, ack_code::reject, {.error_code = 101, .error_text = text}).value();
+    // ERR-2, the error location (ERL): segment MSH, occurrence 1, the first missing field.
+    (void)ack.set("ERR.2.1", "MSH");
+    (void)ack.set("ERR.2.2", "1");
+    (void)ack.set("ERR.2.3", std::to_string(missing.front().first));
+    return ack;
+}
+
+// A file name made of the sequence number and the control id, in characters safe anywhere.
+std::string file_name(std::uint64_t index, std::string_view control_id)
+{
+    char number[24];
+    std::snprintf(number, sizeof number, "%06llu", static_cast<unsigned long long>(index));
+    std::string name = number;
+    if (!control_id.empty()) {
+        name += '-';
+        for (char c : control_id.substr(0, 64)) {
+            const bool safe = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+                              c == '_' || c == '.';
+            name += safe ? c : '_';
+        }
+    }
+    return name + ".hl7";
+}
+
+std::string raw_or_empty(const message& m, const char* path)
+{
+    auto v = m.get(path);
+    return v ? std::string(v.value().raw()) : std::string();
+}
+
+// What the server's handler and observer share.
+class listener {
+public:
+    explicit listener(const listen_options& o) : options_(o)
+    {
+        if (o.out == "-")
+            return;
+        std::error_code ec;
+        fs::create_directories(o.out, ec);
+        if (ec || !fs::is_directory(o.out))
+            throw failure(exit_failed, "cannot create directory '" + o.out + "': " + (ec ? ec.message() : "not a directory"));
+    }
+
+    // Runs on the connection's strand right after observe() reported the message as
+    // received: nothing else runs in between on this single thread, so peer_ is its sender.
+    message answer(const message& m)
+    {
+        message reply = make_reply(m, options_.reply);
+        record(m, raw_or_empty(reply, "MSA.1"));
+        return reply;
+    }
+
+    void observe(const server_event& e)
+    {
+        using kind = server_event::kind;
+        switch (e.what) {
+        case kind::received: peer_ = e.peer; break;
+        case kind::bad_frame:
+        case kind::unparsable:
+            warn(host_port(e.peer) + ": " + describe(e.error) +
+                 (e.control_id.empty() ? "" : " (control id " + std::string(e.control_id) + ")"));
+            break;
+        case kind::handler_error: warn(host_port(e.peer) + ": " + std::string(e.detail)); break;
+        default: break;
+        }
+    }
+
+private:
+    static void warn(const std::string& text)
+    {
+        std::fprintf(stderr, "hl7: %s\n", text.c_str());
+    }
+
+    void record(const message& m, const std::string& reply_code)
+    {
+        ++index_;
+        const std::string control_id = raw_or_empty(m, "MSH.10");
+        if (options_.out != "-") {
+            const fs::path file = fs::path(options_.out) / file_name(index_, control_id);
+            std::ofstream out(file, std::ios::binary);
+            out.write(m.str().data(), static_cast<std::streamsize>(m.str().size()));
+            out.close();
+            if (!out)
+                throw std::runtime_error("cannot write '" + file.string() + "'");
+        }
+        if (options_.json) {
+            write_stdout("{\"index\":" + std::to_string(index_) + ",\"peer\":" + json_string(host_port(peer_)) +
+                         ",\"control_id\":" + json_string(control_id) +
+                         ",\"message_type\":" + json_string(raw_or_empty(m, "MSH.9")) +
+                         ",\"reply_code\":" + json_string(reply_code) + "}\n");
+        } else if (options_.out == "-") {
+            // Readable: one segment per line, a blank line after the message.
+            std::string text(m.str());
+            for (char& c : text)
+                if (c == '\r')
+                    c = '\n';
+            if (!text.ends_with('\n'))
+                text += '\n';
+            write_stdout(text + '\n');
+        }
+    }
+
+    const listen_options options_;
+    std::uint64_t index_ = 0;
+    asio::ip::tcp::endpoint peer_;
+};
+
+asio::awaitable<message> answer(std::shared_ptr<listener> l, const message& m)
+{
+    co_return l->answer(m);
+}
+
+} // namespace
+
+int run_listen(const listen_options& o)
+{
+    if (o.port < 0 || o.port > 65535)
+        throw failure(exit_usage, "invalid port '" + std::to_string(o.port) + "': not in 0-65535");
+    if (o.max_frame == 0)
+        throw failure(exit_usage, "--max-frame must be at least 1 byte");
+    auto l = std::make_shared<listener>(o);
+
+    asio::io_context ctx;
+    // Installed before the server exists, so that a signal is never missed once it listens.
+    asio::signal_set signals(ctx, SIGINT, SIGTERM);
+    const std::string host(strip_brackets(o.host));
+    auto created = server::create(ctx.get_executor(),
+                                  {.host = host,
+                                   .port = static_cast<std::uint16_t>(o.port),
+                                   .max_frame = o.max_frame,
+                                   .handler = [l](const message& m) { return answer(l, m); },
+                                   .observer = [l](const server_event& e) { l->observe(e); }});
+    if (!created && created.error() == errc::invalid_host)
+        throw failure(exit_usage, "invalid host '" + o.host + "': listen takes an IPv4 or IPv6 address");
+    if (!created)
+        throw failure(exit_failed, "cannot listen on " + host_port(host, static_cast<std::uint16_t>(o.port)) + ": " +
+                                       describe(created.error()));
+    server srv = std::move(created).value();
+    write_stdout("listening on " + host_port(srv.local_endpoint()) + "\n");
+
+    signals.async_wait([&](boost::system::error_code ec, int) {
+        if (ec)
+            return;
+        srv.async_stop([&] {
+            const server_counters c = srv.counters();
+            std::fprintf(stderr, "hl7: stopped: %llu connection%s, %llu received, %llu replied, %llu errors\n",
+                         static_cast<unsigned long long>(c.connections), c.connections == 1 ? "" : "s",
+                         static_cast<unsigned long long>(c.received),
+                         static_cast<unsigned long long>(c.replied), static_cast<unsigned long long>(c.errors));
+            ctx.stop();
+        });
+        // A second signal while stopping: stop at once.
+        signals.async_wait([&](boost::system::error_code again, int) {
+            if (!again)
+                ctx.stop();
+        });
+    });
+    ctx.run();
+    return exit_ok;
+}
+
+} // namespace hl7::tool

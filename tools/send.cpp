@@ -1,0 +1,303 @@
+// hl7 send: reads messages as a stream and sends them over one connection, one at a time:
+// send, wait for the ACK, print its line, read the next. The connection runs on an
+// io_context in a thread of its own, so that reading the input (which may block on a pipe)
+// never holds it up.
+#include "commands.hpp"
+#include "input.hpp"
+#include "output.hpp"
+
+#include <hl7/ack.hpp>
+#include <hl7/connection.hpp>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include <unistd.h>
+
+namespace hl7::tool {
+
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+std::chrono::milliseconds to_ms(double seconds)
+{
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(seconds * 1000)));
+}
+
+// What the connection's observer saw that the results need. Written on the connection's
+// strand, read by the main thread.
+class link_watch {
+public:
+    void on(const event& e)
+    {
+        std::lock_guard lock(mutex_);
+        switch (e.what) {
+        case event::kind::connected: connected_ = true; break;
+        case event::kind::reconnect_scheduled:
+        case event::kind::gave_up:
+            if (e.error)
+                failure_ = e.error;
+            attempts_ = e.attempt;
+            break;
+        case event::kind::acknowledged:
+            acked_.assign(e.control_id);
+            round_trip_ = e.round_trip;
+            break;
+        default: break;
+        }
+    }
+
+    bool ever_connected() const
+    {
+        std::lock_guard lock(mutex_);
+        return connected_;
+    }
+
+    // Why the last connection attempt failed, and how many failed in a row.
+    std::pair<boost::system::error_code, std::uint32_t> last_failure() const
+    {
+        std::lock_guard lock(mutex_);
+        return {failure_, attempts_};
+    }
+
+    // The round trip the connection measured (from the write to the ACK) for `control_id`.
+    std::optional<std::chrono::microseconds> round_trip(std::string_view control_id) const
+    {
+        std::lock_guard lock(mutex_);
+        if (acked_ != control_id)
+            return std::nullopt;
+        return round_trip_;
+    }
+
+private:
+    mutable std::mutex mutex_;
+    bool connected_ = false;
+    boost::system::error_code failure_;
+    std::uint32_t attempts_ = 0;
+    std::string acked_;
+    std::chrono::microseconds round_trip_{};
+};
+
+// Runs an io_context on a thread of its own until destroyed.
+class io_thread {
+public:
+    explicit io_thread(asio::io_context& ctx)
+        : ctx_(ctx), work_(asio::make_work_guard(ctx)), thread_([&ctx] { ctx.run(); })
+    {
+    }
+    io_thread(const io_thread&) = delete;
+    io_thread& operator=(const io_thread&) = delete;
+    ~io_thread()
+    {
+        work_.reset();
+        ctx_.stop();
+        thread_.join();
+    }
+
+private:
+    asio::io_context& ctx_;
+    asio::executor_work_guard<asio::io_context::executor_type> work_;
+    std::thread thread_;
+};
+
+// The outcome of one message of the input.
+struct result {
+    std::size_t index = 0;
+    std::optional<std::string> control_id;
+    std::optional<std::string> ack_code;
+    std::optional<std::string> ack_control_id;
+    std::optional<std::chrono::microseconds> round_trip;
+    std::string error; // empty: none
+    bool accepted = false;
+};
+
+// `<n> <MSH-10> <MSA-1> <MSA-2> <round trip ms>`, then the error if any; "-" for what is absent.
+std::string text_line(const result& r)
+{
+    auto column = [](const std::optional<std::string>& v) { return v && !v->empty() ? *v : std::string("-"); };
+    std::string line = std::to_string(r.index) + ' ' + column(r.control_id) + ' ' + column(r.ack_code) + ' ' +
+                       column(r.ack_control_id) + ' ';
+    if (r.round_trip) {
+        char ms[32];
+        std::snprintf(ms, sizeof ms, "%.3f", static_cast<double>(r.round_trip->count()) / 1000.0);
+        line += ms;
+    } else {
+        line += '-';
+    }
+    if (!r.error.empty())
+        line += ' ' + r.error;
+    return line + '\n';
+}
+
+std::string json_line(const result& r)
+{
+    auto string_or_null = [](const std::optional<std::string>& v) { return v ? json_string(*v) : "null"; };
+    return "{\"index\":" + std::to_string(r.index) + ",\"control_id\":" + string_or_null(r.control_id) +
+           ",\"ack_code\":" + string_or_null(r.ack_code) + ",\"ack_control_id\":" + string_or_null(r.ack_control_id) +
+           ",\"rtt_us\":" + (r.round_trip ? std::to_string(r.round_trip->count()) : "null") +
+           ",\"error\":" + (r.error.empty() ? "null" : json_string(r.error)) + "}\n";
+}
+
+// A progress line on standard error when it is a terminal, once there are more than a few
+// messages: redrawn in place at most ten times a second, cleared at the end. When standard
+// output is the same terminal, result lines are written above it.
+class progress {
+public:
+    progress() : enabled_(::isatty(STDERR_FILENO) == 1), above_(::isatty(STDOUT_FILENO) == 1) {}
+
+    void tick(std::size_t sent, std::size_t accepted, std::size_t failed)
+    {
+        const auto now = steady::now();
+        if (!enabled_ || sent <= 20 || (shown_ && now - drawn_ < 100ms))
+            return;
+        const double seconds = std::chrono::duration<double>(now - start_).count();
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "sent %zu, acknowledged %zu, failed %zu, %.0f msg/s", sent, accepted, failed,
+                      seconds > 0 ? static_cast<double>(accepted + failed) / seconds : 0.0);
+        text_ = buf;
+        drawn_ = now;
+        draw();
+    }
+
+    void print(const std::string& line)
+    {
+        if (shown_ && above_)
+            erase();
+        write_stdout(line);
+        if (!text_.empty() && above_ && enabled_)
+            draw();
+    }
+
+    void finish()
+    {
+        if (shown_)
+            erase();
+        text_.clear();
+    }
+
+private:
+    void draw()
+    {
+        std::fprintf(stderr, "\r%s\033[K", text_.c_str());
+        std::fflush(stderr);
+        shown_ = true;
+    }
+    void erase()
+    {
+        std::fputs("\r\033[K", stderr);
+        std::fflush(stderr);
+        shown_ = false;
+    }
+
+    const bool enabled_;
+    const bool above_;
+    const steady::time_point start_ = steady::now();
+    steady::time_point drawn_{};
+    std::string text_;
+    bool shown_ = false;
+};
+
+} // namespace
+
+int run_send(const send_options& o)
+{
+    if (o.port < 1 || o.port > 65535)
+        throw failure(exit_usage, "invalid port '" + std::to_string(o.port) + "': not in 1-65535");
+    if (!(o.ack_timeout > 0) || !(o.connect_timeout > 0))
+        throw failure(exit_usage, "timeouts must be more than 0 seconds");
+    if (o.max_frame == 0)
+        throw failure(exit_usage, "--max-frame must be at least 1 byte");
+    message_reader reader(o.files, o.max_frame);
+
+    asio::io_context ctx;
+    auto watch = std::make_shared<link_watch>();
+    connection_options co;
+    co.connect_timeout = to_ms(o.connect_timeout);
+    co.ack_timeout = to_ms(o.ack_timeout);
+    co.queue_timeout = 0ms; // the wait for a connection is bounded by the retries instead
+    co.max_frame = o.max_frame;
+    co.reconnect.max_attempts = o.retries;
+    co.observer = [watch](const event& e) { watch->on(e); };
+    auto created = client::create(ctx.get_executor(), {.host = o.host, .defaults = std::move(co)});
+    if (!created)
+        throw failure(exit_usage, "invalid host '" + o.host + "'");
+    const client& cl = created.value();
+    connection conn = cl.connect(o.port).value();
+    const std::string peer = host_port(cl.host().text, static_cast<std::uint16_t>(o.port));
+    io_thread io(ctx);
+
+    progress bar;
+    std::size_t sent = 0, ok_count = 0, failed_count = 0;
+    std::optional<std::string> fatal; // the connection gave up without ever connecting
+    while (!fatal) {
+        std::optional<input_message> item = reader.next();
+        if (!item)
+            break;
+        result r;
+        r.index = sent + 1;
+        if (!item->error.empty()) {
+            r.error = item->error;
+        } else if (auto msg = message::parse(std::move(item->text)); !msg) {
+            r.error = "input message does not parse: " + describe(msg.error());
+        } else {
+            if (auto id = msg.value().get("MSH.10"); id && id.value().present())
+                r.control_id = std::string(id.value().raw());
+            if (conn.state() == link_state::failed)
+                conn.start(); // it gave up on an earlier message; this one gets a new round of attempts
+            const auto started = steady::now();
+            std::promise<std::pair<boost::system::error_code, message>> done;
+            auto pending = done.get_future();
+            conn.async_send(std::move(msg).value(), [done = std::move(done)](boost::system::error_code e, message a) mutable {
+                done.set_value({e, std::move(a)});
+            });
+            while (pending.wait_for(100ms) != std::future_status::ready)
+                bar.tick(sent + 1, ok_count, failed_count);
+            auto [ec, ack] = pending.get();
+            if (!ec) {
+                r.ack_code = std::string(ack.get("MSA.1").value().raw());
+                r.ack_control_id = std::string(ack.get("MSA.2").value().raw());
+                r.round_trip = watch->round_trip(r.control_id.value_or(""));
+                if (!r.round_trip)
+                    r.round_trip = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - started);
+                if (auto ok = hl7::accepted(ack); ok)
+                    r.accepted = true;
+                else
+                    r.error = describe(ok.error().code) + (ok.error().text.empty() ? "" : ": " + ok.error().text);
+            } else if (ec == errc::not_connected) {
+                const auto [why, attempts] = watch->last_failure();
+                const std::string what = (why ? describe(why) : describe(ec)) + " (" + peer + ")";
+                r.error = "gave up after " + std::to_string(attempts) + (attempts == 1 ? " connection attempt: " : " connection attempts: ") + what;
+                if (!watch->ever_connected())
+                    fatal = what;
+            } else {
+                r.error = describe(ec);
+            }
+        }
+        ++sent;
+        ++(r.accepted ? ok_count : failed_count);
+        bar.print(o.json ? json_line(r) : text_line(r));
+        bar.tick(sent, ok_count, failed_count);
+    }
+    bar.finish();
+    conn.async_close(asio::use_future).get();
+
+    if (fatal)
+        throw failure(exit_failed, *fatal);
+    if (sent == 0)
+        std::fputs("hl7: no messages in the input\n", stderr);
+    return failed_count == 0 ? exit_ok : exit_failed;
+}
+
+} // namespace hl7::tool
