@@ -244,6 +244,47 @@ void roundtrip_raw_baseline(benchmark::State& state)
     report_latency(state, latencies);
 }
 
+// The two halves of roundtrip/sequential, each against the raw baseline's other half: where
+// the time goes.
+void roundtrip_client_only(benchmark::State& state)
+{
+    raw_server server(1);
+    asio::io_context ctx;
+    auto client = hl7::client::create(ctx.get_executor(), {.host = "127.0.0.1"}).value();
+    auto conn = client.connect(server.port()).value();
+    bool wrong = false;
+    run_until_done(ctx, [&]() -> asio::awaitable<void> {
+        for (auto _ : state) {
+            if (!(co_await conn.send(sample()))) {
+                wrong = true;
+                break;
+            }
+        }
+        co_await conn.close();
+    });
+    if (wrong)
+        state.SkipWithError("a round trip failed");
+    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void roundtrip_server_only(benchmark::State& state)
+{
+    library_server server;
+    asio::io_context ctx;
+    tcp::socket s = raw_client(ctx, server.port());
+    const std::string frame = hl7::mllp::encode(sample().str());
+    std::string pending, reply;
+    for (auto _ : state) {
+        asio::write(s, asio::buffer(frame));
+        if (!read_frame(s, pending, reply) || reply.find("MSA|CA|MSG00001") == std::string::npos) {
+            state.SkipWithError("a round trip failed or was answered wrongly");
+            break;
+        }
+    }
+    s.close();
+    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
 constexpr int parallel = 8;
 constexpr int per_round = 256; // messages per connection in one benchmark iteration
 
@@ -397,6 +438,8 @@ void memory_million_messages(benchmark::State& state)
 BENCHMARK_CAPTURE(roundtrip_sequential, plain, false)->Name("roundtrip/sequential")->MinTime(2.0)->UseRealTime();
 BENCHMARK_CAPTURE(roundtrip_sequential, tls, true)->Name("roundtrip/sequential_tls")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_raw_baseline)->Name("roundtrip/raw_baseline")->MinTime(2.0)->UseRealTime();
+BENCHMARK(roundtrip_client_only)->Name("roundtrip/client_only")->MinTime(2.0)->UseRealTime();
+BENCHMARK(roundtrip_server_only)->Name("roundtrip/server_only")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_connections_8)->Name("roundtrip/connections_8")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_connections_8_raw_baseline)->Name("roundtrip/connections_8_raw_baseline")->MinTime(2.0)->UseRealTime();
 BENCHMARK(memory_idle_connection)->Name("memory/idle_connection")->Iterations(1);

@@ -19,10 +19,6 @@ inline std::string read_sample(const std::string& name)
     return s.str();
 }
 
-} // namespace hl7::test
-
-namespace hl7::test {
-
 /// Turns the newlines of a readable literal into the CR segment terminators of HL7.
 inline std::string cr(std::string text)
 {

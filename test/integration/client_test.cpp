@@ -6,7 +6,7 @@
 
 #include "async_util.hpp"
 #include "integration/peer.hpp"
-#include "util.hpp"
+#include "checks.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
@@ -31,20 +31,11 @@ using hl7::errc;
 using hl7::message;
 using hl7::test::peer;
 using hl7::test::peer_link;
+using hl7::test::fresh;
 using hl7::test::run_async;
 using hl7::test::sleep_for;
 
 namespace {
-
-// A sample message with a fresh control id.
-message fresh(const char* sample = "adt_a01.hl7")
-{
-    static const std::string adt = hl7::test::read_sample("adt_a01.hl7");
-    static const std::string oru = hl7::test::read_sample("oru_r01.hl7");
-    message m = message::parse(std::string_view(sample) == "adt_a01.hl7" ? adt : oru).value();
-    REQUIRE(m.set("MSH.10", hl7::make_control_id()));
-    return m;
-}
 
 std::string control_id(const message& m)
 {
@@ -331,7 +322,8 @@ TEST_CASE("an ACK that arrives after the timeout is never taken as the answer to
             }
             // On the new link the late ACK comes again, before the right one.
             auto m = co_await l.read_message();
-            co_await l.write(peer_link::ack_bytes_for(*first_id));
+            const std::string late = peer_link::ack_bytes_for(*first_id);
+            co_await l.write(late);
             co_await l.reply(*m);
             co_await l.serve();
         });
@@ -359,7 +351,8 @@ TEST_CASE("an ACK with the wrong MSA-2 is a mismatch and the link is reset")
         peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
             if (index == 0) {
                 co_await l.read_message();
-                co_await l.write(peer_link::ack_bytes_for("NOT-YOURS"));
+                const std::string wrong = peer_link::ack_bytes_for("NOT-YOURS");
+                co_await l.write(wrong);
                 co_await l.drain(); // until the client drops the link
                 co_return;
             }
@@ -382,9 +375,11 @@ TEST_CASE("AE and AR acknowledgements are returned, and accepted() names them")
         auto ex = co_await asio::this_coro::executor;
         peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
             auto a = co_await l.read_message();
-            co_await l.write(peer_link::ack_bytes(*a, hl7::ack_code::error, {.text = "no bed", .error_code = 206}));
+            const std::string ae = peer_link::ack_bytes(*a, hl7::ack_code::error, {.text = "no bed", .error_code = 206});
+            co_await l.write(ae);
             auto b = co_await l.read_message();
-            co_await l.write(peer_link::ack_bytes(*b, hl7::ack_code::reject, {.error_text = "unknown patient"}));
+            const std::string ar = peer_link::ack_bytes(*b, hl7::ack_code::reject, {.error_text = "unknown patient"});
+            co_await l.write(ar);
             co_await l.serve();
         });
         auto client = make_client(ex);
@@ -531,8 +526,10 @@ TEST_CASE("garbage bytes between frames are skipped")
     run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
-            while (auto m = co_await l.read_message())
-                co_await l.write("\r\nnoise\x01\x02" + peer_link::ack_bytes(*m) + "\n\x7f");
+            while (auto m = co_await l.read_message()) {
+                const std::string noisy = "\r\nnoise\x01\x02" + peer_link::ack_bytes(*m) + "\n\x7f";
+                co_await l.write(noisy);
+            }
         });
         auto client = make_client(ex);
         auto conn = client.connect(p.port()).value();
@@ -550,7 +547,8 @@ TEST_CASE("an oversized reply frame fails the message with frame_too_large")
         peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
             if (index == 0) {
                 co_await l.read_message();
-                co_await l.write("\x0b" + std::string(4096, 'x') + "\x1c\r");
+                const std::string oversized = "\x0b" + std::string(4096, 'x') + "\x1c\r";
+                co_await l.write(oversized);
                 co_await l.drain();
                 co_return;
             }
@@ -573,8 +571,10 @@ TEST_CASE("a reply written one byte at a time is read whole")
     run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
-            while (auto m = co_await l.read_message())
-                co_await l.write_bytewise(peer_link::ack_bytes(*m));
+            while (auto m = co_await l.read_message()) {
+                const std::string ack = peer_link::ack_bytes(*m);
+                co_await l.write_bytewise(ack);
+            }
         });
         auto client = make_client(ex);
         auto conn = client.connect(p.port()).value();
@@ -590,7 +590,8 @@ TEST_CASE("the right reply and a stray one in one write: the next message still 
         auto ex = co_await asio::this_coro::executor;
         peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
             auto m = co_await l.read_message();
-            co_await l.write(peer_link::ack_bytes(*m) + peer_link::ack_bytes_for("STRAY"));
+            const std::string both = peer_link::ack_bytes(*m) + peer_link::ack_bytes_for("STRAY");
+            co_await l.write(both);
             co_await l.serve();
         });
         auto client = make_client(ex);
@@ -614,7 +615,8 @@ TEST_CASE("a reply that is not an ACK is a garbled ACK")
         peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
             if (index == 0) {
                 co_await l.read_message();
-                co_await l.write(hl7::mllp::encode("this is not HL7"));
+                const std::string garbled = hl7::mllp::encode("this is not HL7");
+                co_await l.write(garbled);
                 co_await l.drain();
                 co_return;
             }
@@ -704,12 +706,7 @@ TEST_CASE("close fails queued messages, lets the one in flight get its ACK, and 
 {
     run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
-            while (auto m = co_await l.read_message()) {
-                co_await sleep_for(150ms);
-                co_await l.reply(*m);
-            }
-        });
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(150); });
         auto client = make_client(ex);
         auto conn = client.connect(p.port()).value();
         auto in_flight = conn.async_send(fresh(), asio::use_future);
@@ -732,12 +729,7 @@ TEST_CASE("a queued message can be cancelled and is never sent")
 {
     run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
-            while (auto m = co_await l.read_message()) {
-                co_await sleep_for(100ms);
-                co_await l.reply(*m);
-            }
-        });
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(100); });
         auto client = make_client(ex);
         auto conn = client.connect(p.port()).value();
         auto first = conn.async_send(fresh(), asio::use_future);
@@ -836,7 +828,8 @@ TEST_CASE("send and receive hooks transform what goes on the wire")
             while (auto frame = co_await l.read_frame()) {
                 auto m = message::parse(flip(*frame));
                 REQUIRE(m.has_value());
-                co_await l.write(hl7::mllp::encode(flip(hl7::make_ack(m.value(), hl7::ack_code::accept).value().str())));
+                const std::string flipped = hl7::mllp::encode(flip(hl7::make_ack(m.value(), hl7::ack_code::accept).value().str()));
+                co_await l.write(flipped);
             }
         });
         auto client = make_client(ex);

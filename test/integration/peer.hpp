@@ -7,6 +7,8 @@
 #include <hl7/message.hpp>
 #include <hl7/mllp.hpp>
 
+#include "async_util.hpp"
+
 #include <doctest/doctest.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -82,7 +84,9 @@ public:
     /// Answers `m` with a generated ACK.
     asio::awaitable<bool> reply(const message& m, ack_code code = ack_code::accept)
     {
-        co_return co_await write(ack_bytes(m, code));
+        // Named, not a temporary: GCC 12 mishandles temporaries that live across a co_await.
+        const std::string ack = ack_bytes(m, code);
+        co_return co_await write(ack);
     }
 
     /// The framed ACK of `m`.
@@ -101,16 +105,24 @@ public:
     /// Reads, ignoring everything, until the client closes.
     asio::awaitable<void> drain()
     {
-        while (co_await read_frame()) {
+        for (;;) {
+            auto frame = co_await read_frame();
+            if (!frame)
+                co_return;
         }
     }
 
-    /// Answers messages with AA until the client closes.
-    asio::awaitable<void> serve()
+    /// Answers messages with AA, each after `delay_ms`, until the client closes. (Not a
+    /// duration: GCC 12 mishandles class temporaries, default arguments included, that live
+    /// across a co_await.)
+    asio::awaitable<void> serve(int delay_ms = 0)
     {
-        while (auto m = co_await read_message())
+        while (auto m = co_await read_message()) {
+            if (delay_ms > 0)
+                co_await sleep_for(std::chrono::milliseconds(delay_ms));
             if (!co_await reply(*m))
                 co_return;
+        }
     }
 
     void close()

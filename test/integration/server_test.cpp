@@ -78,7 +78,11 @@ public:
         co_await asio::async_write(socket_, asio::buffer(bytes), asio::use_awaitable);
     }
 
-    asio::awaitable<void> send(std::string_view payload) { co_await write(framed(payload)); }
+    asio::awaitable<void> send(std::string_view payload)
+    {
+        const std::string frame = framed(payload); // named: see peer.hpp on GCC 12 and temporaries
+        co_await write(frame);
+    }
 
     // The next frame's payload; fails the test if the connection ends first.
     asio::awaitable<std::string> read_frame()

@@ -6,7 +6,7 @@
 #include "async_util.hpp"
 #include "integration/peer.hpp"
 #include "tls_certs.hpp"
-#include "util.hpp"
+#include "checks.hpp"
 
 #include <doctest/doctest.h>
 
@@ -17,6 +17,7 @@ using namespace std::chrono_literals;
 namespace asio = boost::asio;
 using hl7::errc;
 using hl7::message;
+using hl7::test::fresh;
 using hl7::test::run_async;
 using hl7::test::sleep_for;
 
@@ -32,14 +33,6 @@ const scoped_certificates& certs()
 {
     static const scoped_certificates c;
     return c;
-}
-
-message fresh()
-{
-    static const std::string adt = hl7::test::read_sample("adt_a01.hl7");
-    message m = message::parse(adt).value();
-    REQUIRE(m.set("MSH.10", hl7::make_control_id()));
-    return m;
 }
 
 hl7::tls_server_options server_tls(const std::string& cert, const std::string& key, bool mutual = false)
@@ -245,7 +238,8 @@ TEST_CASE("a TLS client facing a plaintext peer fails with a named error and nev
     run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         hl7::test::peer plain(ex, [](hl7::test::peer_link& l, std::size_t) -> asio::awaitable<void> {
-            co_await l.write(hl7::test::peer_link::ack_bytes_for("HELLO")); // plaintext MLLP, not a ServerHello
+            const std::string plaintext = hl7::test::peer_link::ack_bytes_for("HELLO"); // not a ServerHello
+            co_await l.write(plaintext);
             co_await l.drain();
         });
         event_log events;

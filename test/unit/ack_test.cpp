@@ -1,6 +1,6 @@
 #include <hl7/ack.hpp>
 
-#include "util.hpp"
+#include "checks.hpp"
 
 #include <doctest/doctest.h>
 
@@ -9,16 +9,10 @@
 using hl7::ack_code;
 using hl7::message;
 using hl7::test::cr;
+using hl7::test::parsed;
 using hl7::test::read_sample;
 
 namespace {
-
-message parsed(std::string_view bytes)
-{
-    auto m = message::parse(bytes);
-    REQUIRE(m.has_value());
-    return std::move(m).value();
-}
 
 message ack_of(const message& received, ack_code code, const hl7::ack_options& options = {})
 {

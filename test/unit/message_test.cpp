@@ -1,6 +1,6 @@
 #include <hl7/message.hpp>
 
-#include "util.hpp"
+#include "checks.hpp"
 
 #include <doctest/doctest.h>
 
@@ -10,16 +10,10 @@
 
 using hl7::message;
 using hl7::test::cr;
+using hl7::test::parsed;
 using hl7::test::read_sample;
 
 namespace {
-
-message parsed(std::string_view bytes)
-{
-    auto m = message::parse(bytes);
-    REQUIRE_MESSAGE(m.has_value(), (m.has_error() ? m.error().message() : std::string()));
-    return std::move(m).value();
-}
 
 // The wire text at a path that must be present.
 std::string raw(const message& m, std::string_view path)
