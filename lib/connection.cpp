@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
+#include <algorithm>
 #include <array>
 #include <random>
 #include <utility>
@@ -89,9 +90,9 @@ void connection::impl::run()
             }
             break;
         case kind::complete: {
-            auto it = pending_.find(a.id);
+            auto it = find_pending(a.id);
             if (it != pending_.end()) {
-                auto handler = std::move(it->second.handler);
+                auto handler = std::move(it->handler);
                 pending_.erase(it);
                 complete_handler(initiating_, std::move(handler), strand_, a.error, a.take_ack());
             }
@@ -201,8 +202,8 @@ void connection::impl::write(std::uint64_t link, std::uint64_t id)
 {
     // The bytes move out of the pending entry: a terminal cancellation may complete (and
     // erase) the send while the write is still going on.
-    auto it = pending_.find(id);
-    writing_ = std::move(it->second.bytes);
+    auto it = find_pending(id);
+    writing_ = std::move(it->bytes);
     static constexpr char start[] = {mllp::start_block};
     static constexpr char end[] = {mllp::end_block, mllp::carriage_return};
     const std::string_view body = writing_.bytes();
@@ -213,6 +214,11 @@ void connection::impl::write(std::uint64_t link, std::uint64_t id)
         self->core_.written(link, ec, detail::clock::now());
         self->run();
     });
+}
+
+std::deque<connection::impl::pending_send>::iterator connection::impl::find_pending(std::uint64_t id)
+{
+    return std::find_if(pending_.begin(), pending_.end(), [id](const pending_send& p) { return p.id == id; });
 }
 
 void connection::impl::arm(detail::clock::time_point deadline)
@@ -246,7 +252,7 @@ void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completi
     else
         p.original = std::move(msg);
     auto work = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
-    pending_.emplace(id, pending_send{std::move(handler), std::move(work), std::move(p)});
+    pending_.push_back({id, std::move(handler), std::move(work), std::move(p)});
     const bool outer = std::exchange(initiating_, initiating);
     core_.send(id, std::move(id_text), detail::clock::now());
     run();

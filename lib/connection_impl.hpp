@@ -14,7 +14,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
-#include <unordered_map>
+#include <deque>
 #include <vector>
 
 namespace hl7 {
@@ -28,6 +28,7 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
         std::string_view bytes() const noexcept { return hooked.empty() ? original.str() : std::string_view(hooked); }
     };
     struct pending_send {
+        std::uint64_t id;
         boost::asio::any_completion_handler<send_signature> handler;
         boost::asio::any_completion_executor work; // keeps the handler's executor from running out of work
         payload bytes;
@@ -64,7 +65,10 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     detail::connection_core core_;
     std::atomic<link_state> state_{link_state::idle};
     std::atomic<std::uint64_t> next_id_{1};
-    std::unordered_map<std::uint64_t, pending_send> pending_;
+    // Sends not yet completed, in the order they were queued; they complete in that order
+    // but for cancellations and immediate failures, so the one sought is nearly always first.
+    std::deque<pending_send> pending_;
+    std::deque<pending_send>::iterator find_pending(std::uint64_t id);
     std::vector<boost::asio::any_completion_handler<void()>> close_waiters_;
     payload writing_;                  // the bytes of the write in progress
     bool initiating_ = false;          // inside an async_send call: completions must be posted
