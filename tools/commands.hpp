@@ -21,6 +21,10 @@ struct send_options {
     std::size_t max_frame = mllp::default_max_frame;
     bool json = false;
     std::vector<std::string> files; ///< none or "-": standard input
+    /// TLS (on when `tls` or any tls_* option is given).
+    bool tls = false;
+    std::string tls_ca, tls_cert, tls_key, tls_server_name;
+    bool tls_insecure = false;
 };
 int run_send(const send_options& options);
 
@@ -34,6 +38,10 @@ struct listen_options {
     std::string out = "-"; ///< "-": standard output; otherwise a directory, one file per message
     bool json = false;
     std::size_t max_frame = mllp::default_max_frame;
+    /// TLS (on when `tls` or any tls_* option is given): certificate and key required;
+    /// tls_ca, when set, requires and verifies client certificates.
+    bool tls = false;
+    std::string tls_ca, tls_cert, tls_key;
 };
 int run_listen(const listen_options& options);
 

@@ -3,7 +3,6 @@
 #include "output.hpp"
 
 #include <cerrno>
-#include <cstring>
 #include <utility>
 
 #include <fcntl.h>

@@ -21,19 +21,26 @@ namespace {
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
-// The required fields a message lacks, as `MSH-9 (message type)`, with the field number.
-std::vector<std::pair<int, std::string>> missing_fields(const message& m)
+// The fields a message must have for `--reply AA` to accept it.
+struct required_field {
+    const char* path;  // what must be valued
+    int field;         // its MSH field number, for ERR-2
+    const char* name;  // how the error names it
+};
+
+constexpr required_field required_fields[] = {
+    {"MSH.9.1", 9, "MSH-9 (message type)"},
+    {"MSH.10", 10, "MSH-10 (message control id)"},
+    {"MSH.12", 12, "MSH-12 (version id)"},
+};
+
+std::vector<required_field> missing_fields(const message& m)
 {
-    std::vector<std::pair<int, std::string>> missing;
-    const std::pair<const char*, std::pair<int, const char*>> required[] = {
-        {"MSH.9.1", {9, "MSH-9 (message type)"}},
-        {"MSH.10", {10, "MSH-10 (message control id)"}},
-        {"MSH.12", {12, "MSH-12 (version id)"}},
-    };
-    for (const auto& [path, field] : required) {
-        auto v = m.get(path);
+    std::vector<required_field> missing;
+    for (const required_field& f : required_fields) {
+        auto v = m.get(f.path);
         if (!v || v.value().raw().empty())
-            missing.emplace_back(field.first, field.second);
+            missing.push_back(f);
     }
     return missing;
 }
@@ -52,13 +59,13 @@ message make_reply(const message& m, ack_code asked)
     std::string text = "required field";
     text += missing.size() > 1 ? "s " : " ";
     for (std::size_t i = 0; i < missing.size(); ++i)
-        text += (i == 0 ? "" : ", ") + missing[i].second;
+        text += (i == 0 ? "" : ", ") + std::string(missing[i].name);
     text += missing.size() > 1 ? " are missing" : " is missing";
     message ack = make_ack(m, ack_code::reject, {.error_code = 101, .error_text = text}).value();
     // ERR-2, the error location (ERL): segment MSH, occurrence 1, the first missing field.
     (void)ack.set("ERR.2.1", "MSH");
     (void)ack.set("ERR.2.2", "1");
-    (void)ack.set("ERR.2.3", std::to_string(missing.front().first));
+    (void)ack.set("ERR.2.3", std::to_string(missing.front().field));
     return ack;
 }
 
@@ -118,6 +125,7 @@ public:
                  (e.control_id.empty() ? "" : " (control id " + std::string(e.control_id) + ")"));
             break;
         case kind::handler_error: warn(host_port(e.peer) + ": " + std::string(e.detail)); break;
+        case kind::handshake_failed: warn(host_port(e.peer) + ": " + describe(e.error)); break;
         default: break;
         }
     }
@@ -181,12 +189,20 @@ int run_listen(const listen_options& o)
     // Installed before the server exists, so that a signal is never missed once it listens.
     asio::signal_set signals(ctx, SIGINT, SIGTERM);
     const std::string host(strip_brackets(o.host));
-    auto created = server::create(ctx.get_executor(),
-                                  {.host = host,
-                                   .port = static_cast<std::uint16_t>(o.port),
-                                   .max_frame = o.max_frame,
-                                   .handler = [l](const message& m) { return answer(l, m); },
-                                   .observer = [l](const server_event& e) { l->observe(e); }});
+    server_options so{.host = host,
+                      .port = static_cast<std::uint16_t>(o.port),
+                      .max_frame = o.max_frame,
+                      .handler = [l](const message& m) { return answer(l, m); },
+                      .observer = [l](const server_event& e) { l->observe(e); }};
+    if (o.tls || !o.tls_ca.empty() || !o.tls_cert.empty() || !o.tls_key.empty()) {
+        if (o.tls_cert.empty() || o.tls_key.empty())
+            throw failure(exit_usage, "TLS needs --tls-cert and --tls-key");
+        so.tls = tls_server_options{.certificate_file = o.tls_cert, .private_key_file = o.tls_key,
+                                    .client_ca_file = o.tls_ca};
+    }
+    auto created = server::create(ctx.get_executor(), std::move(so));
+    if (!created && created.error() == errc::tls_setup_failed)
+        throw failure(exit_usage, describe(created.error()) + " (--tls-cert, --tls-key, --tls-ca)");
     if (!created && created.error() == errc::invalid_host)
         throw failure(exit_usage, "invalid host '" + o.host + "': listen takes an IPv4 or IPv6 address");
     if (!created)

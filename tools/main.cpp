@@ -42,6 +42,8 @@ int run(int argc, char** argv)
     CLI::App* send = app.add_subcommand("send", "Send messages over MLLP and print their acknowledgements");
     send->footer("Messages are sent in order over one connection, one at a time. One line per message:\n"
                  "  <n> <MSH-10> <MSA-1> <MSA-2> <round trip ms> [error]   ('-' for what is absent)\n"
+                 "A message that fails is reported on its line and the next one is sent; but when the first\n"
+                 "connection attempts all fail, the rest of the input is not sent.\n"
                  "Exit status: 0 when every message got AA or CA, 1 otherwise, 2 for a usage error.");
     send->add_option("--port,-p", so.port, "Port to connect to (1-65535)")->type_name("PORT")->required();
     send->add_option("--host", so.host, "IPv4 address, IPv6 address (brackets optional) or DNS name")
@@ -61,6 +63,15 @@ int run(int argc, char** argv)
         ->capture_default_str();
     send->add_flag("--json", so.json,
                    "One JSON object per line instead: index, control_id, ack_code, ack_control_id, rtt_us, error");
+    send->add_flag("--tls", so.tls, "Use TLS (implied by any --tls-* option); the server's certificate is verified");
+    send->add_option("--tls-ca", so.tls_ca, "PEM file of the CAs to trust (default: the system's)")->type_name("FILE");
+    send->add_option("--tls-cert", so.tls_cert, "PEM client certificate, for mutual TLS")->type_name("FILE");
+    send->add_option("--tls-key", so.tls_key, "PEM private key of --tls-cert")->type_name("FILE");
+    send->add_option("--tls-server-name", so.tls_server_name,
+                     "Name (or address) the server's certificate must carry (default: --host)")
+        ->type_name("NAME");
+    send->add_flag("--tls-insecure", so.tls_insecure,
+                   "DANGEROUS, for tests: accept any server certificate for any name (still encrypted)");
     send->add_option("FILE", so.files,
                      "Files of messages; none or '-': standard input. Segments end in CR, LF or CRLF; messages are "
                      "separated by blank lines or the next MSH; MLLP-framed input and FHS/BHS batches are accepted")
@@ -87,6 +98,12 @@ int run(int argc, char** argv)
     listen->add_option("--max-frame", lo.max_frame, "Largest message accepted")
         ->type_name("BYTES")
         ->capture_default_str();
+    listen->add_flag("--tls", lo.tls, "Use TLS (implied by any --tls-* option); needs --tls-cert and --tls-key");
+    listen->add_option("--tls-cert", lo.tls_cert, "PEM server certificate")->type_name("FILE");
+    listen->add_option("--tls-key", lo.tls_key, "PEM private key of --tls-cert")->type_name("FILE");
+    listen->add_option("--tls-ca", lo.tls_ca, "PEM file of the CAs of accepted client certificates; when given, "
+                                              "every client must present one (mutual TLS)")
+        ->type_name("FILE");
 
     get_options go;
     CLI::App* get = app.add_subcommand("get", "Print values of a message by path");
@@ -99,6 +116,9 @@ int run(int argc, char** argv)
         ->capture_default_str();
     get->add_option("PATH", go.paths, "Paths to print")->type_name("")->required();
 
+    if (const std::string first = argc > 1 ? argv[1] : "-";
+        first[0] != '-' && first != "send" && first != "listen" && first != "get")
+        throw failure(exit_usage, "unknown command '" + first + "': use send, listen or get (see 'hl7 --help')");
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -13,6 +13,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,7 +34,8 @@ using steady = std::chrono::steady_clock;
 
 std::chrono::milliseconds to_ms(double seconds)
 {
-    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(seconds * 1000)));
+    constexpr double year = 365.0 * 24 * 3600; // longer is forever, and must not overflow
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(std::min(seconds, year) * 1000)));
 }
 
 // What the connection's observer saw that the results need. Written on the connection's
@@ -45,6 +47,7 @@ public:
         std::lock_guard lock(mutex_);
         switch (e.what) {
         case event::kind::connected: connected_ = true; break;
+        case event::kind::disconnected: dropped_ = e.error; break;
         case event::kind::reconnect_scheduled:
         case event::kind::gave_up:
             if (e.error)
@@ -72,6 +75,13 @@ public:
         return {failure_, attempts_};
     }
 
+    // Why the link dropped last (a TLS alert names what the handshake could not).
+    boost::system::error_code last_drop() const
+    {
+        std::lock_guard lock(mutex_);
+        return dropped_;
+    }
+
     // The round trip the connection measured (from the write to the ACK) for `control_id`.
     std::optional<std::chrono::microseconds> round_trip(std::string_view control_id) const
     {
@@ -85,6 +95,7 @@ private:
     mutable std::mutex mutex_;
     bool connected_ = false;
     boost::system::error_code failure_;
+    boost::system::error_code dropped_;
     std::uint32_t attempts_ = 0;
     std::string acked_;
     std::chrono::microseconds round_trip_{};
@@ -121,6 +132,8 @@ struct result {
     std::optional<std::chrono::microseconds> round_trip;
     std::string error; // empty: none
     bool accepted = false;
+    /// Set when the connection gave up without ever connecting: sending more is pointless.
+    std::optional<std::string> fatal;
 };
 
 // `<n> <MSH-10> <MSA-1> <MSA-2> <round trip ms>`, then the error if any; "-" for what is absent.
@@ -209,6 +222,51 @@ private:
     bool shown_ = false;
 };
 
+// Sends one message over `conn` and waits for its outcome; `waiting` is called about ten
+// times a second meanwhile.
+template <class Waiting>
+result send_one(connection& conn, message msg, const link_watch& watch, const std::string& peer, Waiting waiting)
+{
+    result r;
+    if (auto id = msg.get("MSH.10"); id && id.value().present())
+        r.control_id = std::string(id.value().raw());
+    if (conn.state() == link_state::failed)
+        conn.start(); // it gave up on an earlier message; this one gets a new round of attempts
+    const auto started = steady::now();
+    std::promise<std::pair<boost::system::error_code, message>> done;
+    auto pending = done.get_future();
+    conn.async_send(std::move(msg), [done = std::move(done)](boost::system::error_code ec, message ack) mutable {
+        done.set_value({ec, std::move(ack)});
+    });
+    while (pending.wait_for(100ms) != std::future_status::ready)
+        waiting();
+    auto [ec, ack] = pending.get();
+
+    if (ec == errc::not_connected) {
+        const auto [why, attempts] = watch.last_failure();
+        const std::string what = describe(why ? why : ec) + " (" + peer + ")";
+        r.error = "gave up after " + std::to_string(attempts) + " connection attempt" + (attempts == 1 ? "" : "s") +
+                  ": " + what;
+        if (!watch.ever_connected())
+            r.fatal = what;
+    } else if (ec == errc::connection_lost && watch.last_drop()) {
+        r.error = describe(ec) + ": " + describe(watch.last_drop());
+    } else if (ec) {
+        r.error = describe(ec);
+    } else {
+        r.ack_code = std::string(ack.get("MSA.1").value().raw());
+        r.ack_control_id = std::string(ack.get("MSA.2").value().raw());
+        r.round_trip = watch.round_trip(r.control_id.value_or(""));
+        if (!r.round_trip)
+            r.round_trip = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - started);
+        if (auto ok = hl7::accepted(ack); ok)
+            r.accepted = true;
+        else
+            r.error = describe(ok.error().code) + (ok.error().text.empty() ? "" : ": " + ok.error().text);
+    }
+    return r;
+}
+
 } // namespace
 
 int run_send(const send_options& o)
@@ -230,63 +288,45 @@ int run_send(const send_options& o)
     co.max_frame = o.max_frame;
     co.reconnect.max_attempts = o.retries;
     co.observer = [watch](const event& e) { watch->on(e); };
+    if (o.tls || o.tls_insecure || !o.tls_ca.empty() || !o.tls_cert.empty() || !o.tls_key.empty() ||
+        !o.tls_server_name.empty()) {
+        if (o.tls_cert.empty() != o.tls_key.empty())
+            throw failure(exit_usage, "--tls-cert and --tls-key go together");
+        co.tls = tls_client_options{.ca_file = o.tls_ca,
+                                    .certificate_file = o.tls_cert,
+                                    .private_key_file = o.tls_key,
+                                    .server_name = o.tls_server_name,
+                                    .insecure_skip_verification = o.tls_insecure};
+    }
     auto created = client::create(ctx.get_executor(), {.host = o.host, .defaults = std::move(co)});
     if (!created)
         throw failure(exit_usage, "invalid host '" + o.host + "'");
-    const client& cl = created.value();
-    connection conn = cl.connect(o.port).value();
-    const std::string peer = host_port(cl.host().text, static_cast<std::uint16_t>(o.port));
+    auto connected = created.value().connect(o.port);
+    if (!connected)
+        throw failure(exit_usage, describe(connected.error()) + " (--tls-ca, --tls-cert, --tls-key)");
+    connection conn = std::move(connected).value();
+    const std::string peer = host_port(created.value().host().text, static_cast<std::uint16_t>(o.port));
     io_thread io(ctx);
 
     progress bar;
     std::size_t sent = 0, ok_count = 0, failed_count = 0;
-    std::optional<std::string> fatal; // the connection gave up without ever connecting
+    std::optional<std::string> fatal;
     while (!fatal) {
         std::optional<input_message> item = reader.next();
         if (!item)
             break;
         result r;
-        r.index = sent + 1;
         if (!item->error.empty()) {
             r.error = item->error;
         } else if (auto msg = message::parse(std::move(item->text)); !msg) {
             r.error = "input message does not parse: " + describe(msg.error());
         } else {
-            if (auto id = msg.value().get("MSH.10"); id && id.value().present())
-                r.control_id = std::string(id.value().raw());
-            if (conn.state() == link_state::failed)
-                conn.start(); // it gave up on an earlier message; this one gets a new round of attempts
-            const auto started = steady::now();
-            std::promise<std::pair<boost::system::error_code, message>> done;
-            auto pending = done.get_future();
-            conn.async_send(std::move(msg).value(), [done = std::move(done)](boost::system::error_code e, message a) mutable {
-                done.set_value({e, std::move(a)});
-            });
-            while (pending.wait_for(100ms) != std::future_status::ready)
-                bar.tick(sent + 1, ok_count, failed_count);
-            auto [ec, ack] = pending.get();
-            if (!ec) {
-                r.ack_code = std::string(ack.get("MSA.1").value().raw());
-                r.ack_control_id = std::string(ack.get("MSA.2").value().raw());
-                r.round_trip = watch->round_trip(r.control_id.value_or(""));
-                if (!r.round_trip)
-                    r.round_trip = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - started);
-                if (auto ok = hl7::accepted(ack); ok)
-                    r.accepted = true;
-                else
-                    r.error = describe(ok.error().code) + (ok.error().text.empty() ? "" : ": " + ok.error().text);
-            } else if (ec == errc::not_connected) {
-                const auto [why, attempts] = watch->last_failure();
-                const std::string what = (why ? describe(why) : describe(ec)) + " (" + peer + ")";
-                r.error = "gave up after " + std::to_string(attempts) + (attempts == 1 ? " connection attempt: " : " connection attempts: ") + what;
-                if (!watch->ever_connected())
-                    fatal = what;
-            } else {
-                r.error = describe(ec);
-            }
+            r = send_one(conn, std::move(msg).value(), *watch, peer,
+                         [&] { bar.tick(sent + 1, ok_count, failed_count); });
         }
-        ++sent;
+        r.index = ++sent;
         ++(r.accepted ? ok_count : failed_count);
+        fatal = r.fatal;
         bar.print(o.json ? json_line(r) : text_line(r));
         bar.tick(sent, ok_count, failed_count);
     }
@@ -294,7 +334,7 @@ int run_send(const send_options& o)
     conn.async_close(asio::use_future).get();
 
     if (fatal)
-        throw failure(exit_failed, *fatal);
+        throw failure(exit_failed, *fatal); // the rest of the input is left unsent
     if (sent == 0)
         std::fputs("hl7: no messages in the input\n", stderr);
     return failed_count == 0 ? exit_ok : exit_failed;

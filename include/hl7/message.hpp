@@ -187,6 +187,8 @@ public:
     static outcome::result<message> parse(std::string_view bytes);
     /// As above, taking ownership of `bytes` instead of copying them.
     static outcome::result<message> parse(std::string&& bytes);
+    /// As above, for a string literal (which would fit both overloads above equally well).
+    static outcome::result<message> parse(const char* bytes) { return parse(std::string_view(bytes)); }
 
     /// A new message holding only an MSH segment filled from `h`: MSH-7 is the current
     /// local time in HL7 TS format (YYYYMMDDHHMMSS.SSS+ZZZZ) and MSH-10 a new
