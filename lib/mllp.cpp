@@ -1,7 +1,14 @@
 #include <hl7/mllp.hpp>
 
+#include "mllp_scan.hpp"
+
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace hl7::mllp {
 
@@ -28,16 +35,87 @@ outcome::result<std::size_t> encode_into(std::string_view payload, std::span<cha
     return payload.size() + overhead;
 }
 
-namespace {
+namespace detail {
 
-// The first 0x0B or 0x1C among `size` bytes, or nullptr. Two memchr passes beat a single
-// hand-written pass: the first streams the bytes in, the second rescans them in L1.
-const char* find_block_byte(const char* first, std::size_t size) noexcept
+// The first 0x0B or 0x1C among `size` bytes, or nullptr, in one pass looking for both.
+// Two passes of memchr (one per byte) read everything twice and reach half of memchr's
+// speed; this keeps close to it by testing a whole block per step and only locating the hit
+// inside a block that has one. AVX2 is used when the processor has it (chosen at run time,
+// as the build targets plain x86-64), SSE2 otherwise.
+const char* find_block_byte_scalar(const char* p, const char* end) noexcept
 {
-    auto end = static_cast<const char*>(std::memchr(first, end_block, size));
-    auto start = static_cast<const char*>(std::memchr(first, start_block, end ? static_cast<std::size_t>(end - first) : size));
-    return start ? start : end;
+    for (; p != end; ++p)
+        if (*p == start_block || *p == end_block)
+            return p;
+    return nullptr;
 }
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) const char* find_block_byte_avx2(const char* p, std::size_t size) noexcept
+{
+    const char* const end = p + size;
+    const __m256i sb = _mm256_set1_epi8(start_block);
+    const __m256i eb = _mm256_set1_epi8(end_block);
+    // One unaligned block, then on from the next 32-byte boundary: aligned loads never
+    // straddle two cache lines.
+    if (end - p >= 32) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        if (const auto mask = static_cast<unsigned>(
+                _mm256_movemask_epi8(_mm256_or_si256(_mm256_cmpeq_epi8(v, sb), _mm256_cmpeq_epi8(v, eb)))))
+            return p + __builtin_ctz(mask);
+        p += 32 - reinterpret_cast<std::uintptr_t>(p) % 32;
+    }
+    for (; end - p >= 128; p += 128) {
+        __m256i m[4];
+        for (int i = 0; i < 4; ++i) {
+            const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32 * i));
+            m[i] = _mm256_or_si256(_mm256_cmpeq_epi8(v, sb), _mm256_cmpeq_epi8(v, eb));
+        }
+        if (_mm256_testz_si256(_mm256_or_si256(_mm256_or_si256(m[0], m[1]), _mm256_or_si256(m[2], m[3])),
+                               _mm256_set1_epi8(-1)))
+            continue;
+        for (int i = 0; i < 4; ++i)
+            if (const auto mask = static_cast<unsigned>(_mm256_movemask_epi8(m[i])))
+                return p + 32 * i + __builtin_ctz(mask);
+    }
+    for (; end - p >= 32; p += 32) {
+        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+        if (const auto mask = static_cast<unsigned>(
+                _mm256_movemask_epi8(_mm256_or_si256(_mm256_cmpeq_epi8(v, sb), _mm256_cmpeq_epi8(v, eb)))))
+            return p + __builtin_ctz(mask);
+    }
+    return find_block_byte_scalar(p, end);
+}
+
+const char* find_block_byte_sse2(const char* p, std::size_t size) noexcept
+{
+    const char* const end = p + size;
+    const __m128i sb = _mm_set1_epi8(start_block);
+    const __m128i eb = _mm_set1_epi8(end_block);
+    for (; end - p >= 16; p += 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        if (const auto mask = static_cast<unsigned>(
+                _mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, sb), _mm_cmpeq_epi8(v, eb)))))
+            return p + __builtin_ctz(mask);
+    }
+    return find_block_byte_scalar(p, end);
+}
+
+const char* find_block_byte(const char* p, std::size_t size) noexcept
+{
+    static const auto impl = __builtin_cpu_supports("avx2") ? find_block_byte_avx2 : find_block_byte_sse2;
+    return impl(p, size);
+}
+#else
+const char* find_block_byte(const char* p, std::size_t size) noexcept
+{
+    return find_block_byte_scalar(p, p + size);
+}
+#endif
+
+} // namespace detail
+
+namespace {
 
 // Appends like std::string would, growing geometrically, but never reserves past `cap`.
 void append_capped(std::string& buffer, std::string_view bytes, std::size_t cap)
@@ -96,7 +174,7 @@ outcome::result<std::string_view> decoder::next()
         // looks further than one byte past the limit.
         const std::size_t room = max_frame_ - partial_.size();
         const std::size_t window = input_.size() <= room ? input_.size() : room + 1;
-        const char* found = find_block_byte(input_.data(), window);
+        const char* found = detail::find_block_byte(input_.data(), window);
 
         if (!found) {
             if (window > room) {

@@ -1,5 +1,7 @@
 #include <hl7/mllp.hpp>
 
+#include "mllp_scan.hpp"
+
 #include "util.hpp"
 
 #include <doctest/doctest.h>
@@ -546,4 +548,27 @@ TEST_CASE("random bytes in random chunkings never break the decoder's guarantees
         REQUIRE(decode_split(stream, random_cuts(stream.size(), 40, rng), max_frame) == whole);
     }
     CHECK(total_bytes >= 6'000'000);
+}
+
+TEST_CASE("every implementation of the frame byte scan finds the same first 0x0B or 0x1C")
+{
+    std::mt19937 rng(1207);
+    for (int round = 0; round < 20000; ++round) {
+        // Mostly plain text with the odd frame byte, at every alignment and length.
+        std::string bytes(1 + rng() % 300, 'x');
+        for (char& c : bytes) {
+            const unsigned r = rng() % 1000;
+            c = r == 0 ? '\x0b' : r == 1 ? '\x1c' : static_cast<char>('a' + r % 26);
+        }
+        const std::size_t offset = rng() % bytes.size();
+        const char* p = bytes.data() + offset;
+        const std::size_t size = bytes.size() - offset;
+        const char* want = hl7::mllp::detail::find_block_byte_scalar(p, p + size);
+        CHECK(hl7::mllp::detail::find_block_byte(p, size) == want);
+#if defined(__x86_64__)
+        CHECK(hl7::mllp::detail::find_block_byte_sse2(p, size) == want);
+        if (__builtin_cpu_supports("avx2"))
+            CHECK(hl7::mllp::detail::find_block_byte_avx2(p, size) == want);
+#endif
+    }
 }
