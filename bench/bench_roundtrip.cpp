@@ -52,11 +52,7 @@ const std::string& raw_ack()
 // Certificates for the TLS variant, made once per run and removed at exit.
 const hl7::test::certificates& certs()
 {
-    static const struct holder : hl7::test::certificates {
-        holder() : hl7::test::certificates(hl7::test::make_certificates()) {}
-        ~holder() { std::filesystem::remove_all(dir); }
-    } c;
-    return c;
+    return hl7::test::shared_certificates();
 }
 
 hl7::server_options server_options(bool tls)

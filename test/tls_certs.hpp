@@ -10,6 +10,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -134,6 +135,17 @@ inline certificates make_certificates()
           "wrong-name");
     issue("localhost", other.get(), other_key.get(), local, -1, 30, c.untrusted_cert, c.untrusted_key, "untrusted");
     return c;
+}
+
+/// One set for the whole process, made on first use and removed at exit.
+inline const certificates& shared_certificates()
+{
+    static const struct owner : certificates {
+        owner() : certificates(make_certificates()) {}
+        owner(const owner&) = delete;
+        ~owner() { std::filesystem::remove_all(dir); }
+    } set;
+    return set;
 }
 
 } // namespace hl7::test

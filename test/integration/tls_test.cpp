@@ -23,16 +23,9 @@ using hl7::test::sleep_for;
 
 namespace {
 
-struct scoped_certificates : hl7::test::certificates {
-    scoped_certificates() : hl7::test::certificates(hl7::test::make_certificates()) {}
-    scoped_certificates(const scoped_certificates&) = delete;
-    ~scoped_certificates() { std::filesystem::remove_all(dir); }
-};
-
-const scoped_certificates& certs()
+const hl7::test::certificates& certs()
 {
-    static const scoped_certificates c;
-    return c;
+    return hl7::test::shared_certificates();
 }
 
 hl7::tls_server_options server_tls(const std::string& cert, const std::string& key, bool mutual = false)

@@ -10,16 +10,9 @@ using namespace hl7::test;
 
 namespace {
 
-struct scoped_certificates : certificates {
-    scoped_certificates() : certificates(make_certificates()) {}
-    scoped_certificates(const scoped_certificates&) = delete;
-    ~scoped_certificates() { std::filesystem::remove_all(dir); }
-};
-
-const scoped_certificates& certs()
+const certificates& certs()
 {
-    static const scoped_certificates c;
-    return c;
+    return shared_certificates();
 }
 
 finished send(const listener& l, std::vector<std::string> args)
