@@ -26,30 +26,52 @@ std::string_view table_0357_text(std::uint16_t code) noexcept
     }
 }
 
-std::string_view raw(const message& m, std::string_view path)
+std::string_view raw(const message& m, const path& p)
 {
-    auto v = m.get(path);
+    auto v = m.get(p);
     return v ? v.value().raw() : std::string_view{};
+}
+
+// Parsed once: a server builds an ACK for every message it answers.
+struct header_paths {
+    static path at(std::string_view text) { return path::parse(text).value(); }
+    path msh = at("MSH");
+    path swapped[4] = {at("MSH.5"), at("MSH.6"), at("MSH.3"), at("MSH.4")};
+    path trigger = at("MSH.9.2");
+    path control_id = at("MSH.10");
+    path processing_id = at("MSH.11");
+    path version = at("MSH.12");
+    path accept_ack_type = at("MSH.15");
+    path application_ack_type = at("MSH.16");
+};
+
+const header_paths& paths()
+{
+    static const header_paths p;
+    return p;
 }
 
 } // namespace
 
 outcome::result<message> make_ack(const message& received, ack_code code, const ack_options& options)
 {
-    BOOST_OUTCOME_TRY(const std::size_t headers, received.count("MSH"));
+    const header_paths& h = paths();
+    BOOST_OUTCOME_TRY(const std::size_t headers, received.count(h.msh));
     if (headers == 0)
         return errc::not_hl7;
     const hl7::delimiters& d = received.delimiters();
-    const bool enhanced = !raw(received, "MSH.15").empty() || !raw(received, "MSH.16").empty();
+    const bool enhanced = !raw(received, h.accept_ack_type).empty() || !raw(received, h.application_ack_type).empty();
     const char* const codes[] = {"AA", "AE", "AR", "CA", "CE", "CR"};
     const std::string_view msa1 = codes[static_cast<int>(code) + (enhanced ? 3 : 0)];
 
     // The swapped sender/receiver fields are copied raw: they may carry components (HD) in
     // the received message's own delimiters, which the ACK shares.
-    std::string s{'M', 'S', 'H', d.field, d.component, d.repetition, d.escape, d.subcomponent};
+    std::string s;
+    s.reserve(256);
+    s += {'M', 'S', 'H', d.field, d.component, d.repetition, d.escape, d.subcomponent};
     if (d.truncation)
         s += d.truncation;
-    for (const char* p : {"MSH.5", "MSH.6", "MSH.3", "MSH.4"}) {
+    for (const path& p : h.swapped) {
         s += d.field;
         s += raw(received, p);
     }
@@ -59,20 +81,20 @@ outcome::result<message> make_ack(const message& received, ack_code code, const 
     s += d.field;
     s += "ACK";
     s += d.component;
-    s += raw(received, "MSH.9.2");
+    s += raw(received, h.trigger);
     s += d.component;
     s += "ACK";
     s += d.field;
     s += make_control_id(); // MSH-10 (letters and digits only)
     s += d.field;
-    s += raw(received, "MSH.11");
+    s += raw(received, h.processing_id);
     s += d.field;
-    s += raw(received, "MSH.12");
+    s += raw(received, h.version);
     s += "\rMSA";
     s += d.field;
     s += msa1;
     s += d.field;
-    s += raw(received, "MSH.10");
+    s += raw(received, h.control_id);
     if (!options.text.empty()) {
         s += d.field;
         s += escape(options.text, d);

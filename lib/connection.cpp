@@ -4,6 +4,7 @@
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
@@ -28,28 +29,13 @@ std::uint64_t random_seed()
     return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
-// Completes a handler on its associated executor (the strand when it has none). This runs on
-// the strand, so dispatching inline is allowed, except inside the initiating call, where the
-// handler must not run: then it is posted. Dispatching saves a trip through the scheduler
-// per message, and is safe because no public entry point touches the state inline except
-// send, which the core only lets enqueue.
-template <class Signature, class... Args>
-void complete_handler(bool initiating, asio::any_completion_handler<Signature> handler,
-                      const asio::any_io_executor& strand, Args... args)
-{
-    handler.get_cancellation_slot().clear();
-    if (initiating)
-        asio::post(strand, asio::append(std::move(handler), std::move(args)...));
-    else
-        asio::dispatch(strand, asio::append(std::move(handler), std::move(args)...));
-}
-
 } // namespace
 
 connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
                        std::shared_ptr<detail::counter_block> counters,
                        std::shared_ptr<asio::ssl::context> tls_context)
     : strand_(asio::make_strand(ex)),
+      fallback_(strand_),
       resolver_(strand_),
       socket_(strand_),
       timer_(strand_),
@@ -60,6 +46,24 @@ connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t p
       tls_context_(std::move(tls_context)),
       core_(options_, *counters_, random_seed())
 {
+}
+
+// A handler completes on its associated executor (the strand when it has none). This runs
+// on the strand, so dispatching inline is allowed, except inside the initiating call, where
+// the handler must not run: then it is posted. Dispatching saves a trip through the
+// scheduler per message, and is safe because no public entry point touches the state inline
+// except send, which the core only lets enqueue. A dispatched handler goes straight to its
+// own executor rather than through the strand, which would wrap it once more.
+template <class Signature, class... Args>
+void connection::impl::complete(asio::any_completion_handler<Signature> handler, Args... args)
+{
+    handler.get_cancellation_slot().clear();
+    if (initiating_) {
+        asio::post(strand_, asio::append(std::move(handler), std::move(args)...));
+        return;
+    }
+    auto ex = asio::get_associated_executor(handler, fallback_);
+    asio::dispatch(asio::bind_executor(std::move(ex), asio::append(std::move(handler), std::move(args)...)));
 }
 
 void connection::impl::begin()
@@ -94,7 +98,7 @@ void connection::impl::run()
             if (it != pending_.end()) {
                 auto handler = std::move(it->handler);
                 pending_.erase(it);
-                complete_handler(initiating_, std::move(handler), strand_, a.error, a.take_ack());
+                complete(std::move(handler), a.error, a.take_ack());
             }
             break;
         }
@@ -106,7 +110,7 @@ void connection::impl::run()
         case kind::closed:
             // Taken out first: a waiter resumed inline may close again and reach here anew.
             for (auto& waiter : std::exchange(close_waiters_, {}))
-                complete_handler(initiating_, std::move(waiter), strand_);
+                complete(std::move(waiter));
             break;
         }
     }
@@ -209,7 +213,15 @@ void connection::impl::write(std::uint64_t link, std::uint64_t id)
     const std::string_view body = writing_.bytes();
     const std::array<asio::const_buffer, 3> frame{asio::buffer(start), asio::buffer(body.data(), body.size()),
                                                   asio::buffer(end)};
-    stream_->async_write(frame, [self = shared_from_this(), link, s = stream_](boost::system::error_code ec, std::size_t) {
+    // Written at once when the socket takes it all (the common case): the send then goes on
+    // without waiting for a completion to come back through the scheduler.
+    const std::size_t done = stream_->write_now(frame);
+    if (done == asio::buffer_size(frame)) {
+        writing_ = {};
+        core_.written(link, {}, detail::clock::now());
+        return;
+    }
+    stream_->async_write(detail::consume(frame, done), [self = shared_from_this(), link, s = stream_](boost::system::error_code ec, std::size_t) {
         self->writing_ = {};
         self->core_.written(link, ec, detail::clock::now());
         self->run();
@@ -239,10 +251,12 @@ void connection::impl::arm(detail::clock::time_point deadline)
 void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completion_handler<send_signature> handler,
                                bool initiating)
 {
-    const auto control_id = msg.get("MSH.10");
+    const bool outer = std::exchange(initiating_, initiating);
+    static const path control_id_path = path::parse("MSH.10").value();
+    const auto control_id = msg.get(control_id_path);
     if (!control_id || control_id.value().raw().empty()) {
-        complete_handler(initiating, std::move(handler), strand_, boost::system::error_code(errc::missing_control_id),
-                         message{});
+        complete(std::move(handler), boost::system::error_code(errc::missing_control_id), message{});
+        initiating_ = outer;
         return;
     }
     std::string id_text(control_id.value().raw());
@@ -251,9 +265,8 @@ void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completi
         p.hooked = options_.send_hook(msg.str());
     else
         p.original = std::move(msg);
-    auto work = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
+    auto work = asio::prefer(asio::get_associated_executor(handler, fallback_), asio::execution::outstanding_work.tracked);
     pending_.push_back({id, std::move(handler), std::move(work), std::move(p)});
-    const bool outer = std::exchange(initiating_, initiating);
     core_.send(id, std::move(id_text), detail::clock::now());
     run();
     initiating_ = outer;

@@ -39,6 +39,9 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
 
     /// Starts connecting unless the connection is lazy.
     void begin();
+    /// Completes `handler` with `args` (see connection.cpp).
+    template <class Signature, class... Args>
+    void complete(boost::asio::any_completion_handler<Signature> handler, Args... args);
     /// Carries out every action the core has.
     void run();
     void connect(std::uint64_t link);
@@ -53,6 +56,9 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
                  bool initiating);
 
     boost::asio::strand<boost::asio::any_io_executor> strand_;
+    // The strand, type-erased once: a handler without an executor of its own completes there,
+    // and converting strand_ anew for each one would allocate.
+    const boost::asio::any_completion_executor fallback_;
     boost::asio::ip::tcp::resolver resolver_;
     boost::asio::ip::tcp::socket socket_;
     std::shared_ptr<detail::stream> stream_; // the socket, or TLS over it, of the latest link

@@ -342,29 +342,34 @@ std::string escape(std::string_view text, const delimiters& d)
 {
     std::string out;
     out.reserve(text.size() + 8);
-    auto put = [&](std::string_view body) {
+    // Runs of ordinary bytes are appended whole: most values have nothing to escape.
+    std::size_t run = 0;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        std::string_view body;
+        if (c == d.field)
+            body = "F";
+        else if (c == d.component)
+            body = "S";
+        else if (c == d.subcomponent)
+            body = "T";
+        else if (c == d.repetition)
+            body = "R";
+        else if (c == d.escape)
+            body = "E";
+        else if (d.truncation && c == d.truncation)
+            body = "P";
+        else if (c == '\r' || c == '\n')
+            body = c == '\r' ? "X0D" : "X0A";
+        else
+            continue;
+        out.append(text, run, i - run);
         out += d.escape;
         out += body;
         out += d.escape;
-    };
-    for (const char c : text) {
-        if (c == d.field)
-            put("F");
-        else if (c == d.component)
-            put("S");
-        else if (c == d.subcomponent)
-            put("T");
-        else if (c == d.repetition)
-            put("R");
-        else if (c == d.escape)
-            put("E");
-        else if (d.truncation && c == d.truncation)
-            put("P");
-        else if (c == '\r' || c == '\n')
-            put(c == '\r' ? "X0D" : "X0A");
-        else
-            out += c;
+        run = i + 1;
     }
+    out.append(text, run);
     return out;
 }
 
@@ -373,22 +378,33 @@ std::string make_timestamp()
     const auto now = std::chrono::system_clock::now();
     const std::time_t t = std::chrono::system_clock::to_time_t(now);
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-    std::tm tm{};
-    localtime_r(&t, &tm);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y%m%d%H%M%S", &tm);
-    std::string s(buf);
-    const long off = tm.tm_gmtoff / 60;
-    const long a = off < 0 ? -off : off;
+    // localtime_r takes a process-wide lock and works through the zone's rules: done once a
+    // second per thread rather than for every ACK. Offsets change on second boundaries only.
+    thread_local std::time_t cached = -1;
+    thread_local char seconds[16]; // YYYYMMDDHHMMSS
+    thread_local char zone[6];     // +ZZZZ
+    if (t != cached) {
+        std::tm tm{};
+        localtime_r(&t, &tm);
+        std::strftime(seconds, sizeof seconds, "%Y%m%d%H%M%S", &tm);
+        const long off = tm.tm_gmtoff / 60;
+        const long a = off < 0 ? -off : off;
+        zone[0] = off < 0 ? '-' : '+';
+        zone[1] = static_cast<char>('0' + a / 600);
+        zone[2] = static_cast<char>('0' + a / 60 % 10);
+        zone[3] = static_cast<char>('0' + a % 60 / 10);
+        zone[4] = static_cast<char>('0' + a % 10);
+        zone[5] = '\0';
+        cached = t;
+    }
+    std::string s;
+    s.reserve(24);
+    s += seconds;
     s += '.';
     s += static_cast<char>('0' + ms / 100);
     s += static_cast<char>('0' + ms / 10 % 10);
     s += static_cast<char>('0' + ms % 10);
-    s += off < 0 ? '-' : '+';
-    s += static_cast<char>('0' + a / 600);
-    s += static_cast<char>('0' + a / 60 % 10);
-    s += static_cast<char>('0' + a % 60 / 10);
-    s += static_cast<char>('0' + a % 10);
+    s += zone;
     return s;
 }
 

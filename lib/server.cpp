@@ -296,9 +296,13 @@ struct server::impl {
         static constexpr char trailer[] = {mllp::end_block, mllp::carriage_return};
         const std::array<asio::const_buffer, 3> framed{
             asio::buffer(&mllp::start_block, 1), asio::buffer(reply.value().str()), asio::buffer(trailer)};
-        auto [ec, n] = co_await s.stream.async_write(framed, asio::as_tuple(asio::use_awaitable));
-        if (ec)
-            co_return ec;
+        // What the socket takes at once needs no trip through the scheduler.
+        const std::size_t done = s.stream.write_now(framed);
+        if (done < asio::buffer_size(framed)) {
+            auto [ec, n] = co_await s.stream.async_write(detail::consume(framed, done), asio::as_tuple(asio::use_awaitable));
+            if (ec)
+                co_return ec;
+        }
         replied.fetch_add(1, relaxed);
         report({.what = kind::replied, .peer = s.peer, .control_id = control_id});
         co_return error_code{};

@@ -11,6 +11,8 @@
 #include <boost/asio/write.hpp>
 #include <boost/outcome/result.hpp>
 
+#include <algorithm>
+#include <array>
 #include <memory>
 #include <optional>
 
@@ -39,8 +41,13 @@ class stream {
 public:
     stream(boost::asio::ip::tcp::socket& socket, boost::asio::ssl::context* context) : socket_(socket)
     {
-        if (context)
+        if (context) {
             tls_.emplace(socket, *context);
+        } else {
+            // For write_now; Asio's own operations are unaffected by this flag.
+            boost::system::error_code ignored;
+            socket_.non_blocking(true, ignored);
+        }
     }
 
     bool secure() const noexcept { return tls_.has_value(); }
@@ -60,6 +67,20 @@ public:
         return socket_.async_read_some(buffers, std::forward<Token>(token));
     }
 
+    /// Writes what the socket takes at once, without blocking and without a trip through the
+    /// scheduler (a small frame nearly always goes out whole); returns the bytes written.
+    /// Over TLS, whose records go through async_write, it writes nothing. An error is left
+    /// for the async_write of the rest to report.
+    template <std::size_t N>
+    std::size_t write_now(const std::array<boost::asio::const_buffer, N>& buffers)
+    {
+        if (tls_)
+            return 0;
+        boost::system::error_code ec;
+        const std::size_t n = socket_.write_some(buffers, ec);
+        return ec ? 0 : n;
+    }
+
     template <class Buffers, class Token>
     auto async_write(const Buffers& buffers, Token&& token)
     {
@@ -72,5 +93,17 @@ private:
     boost::asio::ip::tcp::socket& socket_;
     std::optional<boost::asio::ssl::stream<boost::asio::ip::tcp::socket&>> tls_;
 };
+
+/// `buffers` without their first `n` bytes.
+template <std::size_t N>
+std::array<boost::asio::const_buffer, N> consume(std::array<boost::asio::const_buffer, N> buffers, std::size_t n)
+{
+    for (auto& b : buffers) {
+        const std::size_t k = std::min(n, b.size());
+        b += k;
+        n -= k;
+    }
+    return buffers;
+}
 
 } // namespace hl7::detail
