@@ -34,8 +34,7 @@ std::uint64_t random_seed()
 connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
                        std::shared_ptr<detail::counter_block> counters,
                        std::shared_ptr<asio::ssl::context> tls_context)
-    : strand_(asio::make_strand(ex)),
-      fallback_(strand_),
+    : strand_(detail::make_strand(ex)),
       resolver_(strand_),
       socket_(strand_),
       timer_(strand_),
@@ -62,7 +61,7 @@ void connection::impl::complete(asio::any_completion_handler<Signature> handler,
         asio::post(strand_, asio::append(std::move(handler), std::move(args)...));
         return;
     }
-    auto ex = asio::get_associated_executor(handler, fallback_);
+    auto ex = asio::get_associated_executor(handler, strand_);
     asio::dispatch(asio::bind_executor(std::move(ex), asio::append(std::move(handler), std::move(args)...)));
 }
 
@@ -265,7 +264,7 @@ void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completi
         p.hooked = options_.send_hook(msg.str());
     else
         p.original = std::move(msg);
-    auto work = asio::prefer(asio::get_associated_executor(handler, fallback_), asio::execution::outstanding_work.tracked);
+    auto work = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
     pending_.push_back({id, std::move(handler), std::move(work), std::move(p)});
     core_.send(id, std::move(id_text), detail::clock::now());
     run();
@@ -316,7 +315,7 @@ void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::an
     }
     // Inline when the caller already runs on the strand (a sender resumed by the previous
     // ACK, typically): the next message then goes out without a trip through the scheduler.
-    const bool inline_call = i->strand_.running_in_this_thread();
+    const bool inline_call = detail::running_in(i->strand_);
     asio::dispatch(i->strand_, [i, id, inline_call, msg = std::move(msg), h = std::move(handler)]() mutable {
         i->enqueue(id, std::move(msg), std::move(h), inline_call);
     });
@@ -325,7 +324,7 @@ void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::an
 void connection::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
 {
     // Dispatched, like sends, so that calls made on the strand keep their order.
-    const bool inline_call = i->strand_.running_in_this_thread();
+    const bool inline_call = detail::running_in(i->strand_);
     asio::dispatch(i->strand_, [i, inline_call, h = std::move(handler)]() mutable {
         if (h)
             i->close_waiters_.push_back(std::move(h));

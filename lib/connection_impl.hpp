@@ -2,6 +2,7 @@
 #pragma once
 
 #include "connection_core.hpp"
+#include "strand.hpp"
 #include "tls.hpp"
 
 #include <hl7/connection.hpp>
@@ -55,10 +56,7 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     void enqueue(std::uint64_t id, message msg, boost::asio::any_completion_handler<send_signature> handler,
                  bool initiating);
 
-    boost::asio::strand<boost::asio::any_io_executor> strand_;
-    // The strand, type-erased once: a handler without an executor of its own completes there,
-    // and converting strand_ anew for each one would allocate.
-    const boost::asio::any_completion_executor fallback_;
+    const boost::asio::any_io_executor strand_; // made by detail::make_strand
     boost::asio::ip::tcp::resolver resolver_;
     boost::asio::ip::tcp::socket socket_;
     std::shared_ptr<detail::stream> stream_; // the socket, or TLS over it, of the latest link

@@ -1,5 +1,6 @@
 #include <hl7/server.hpp>
 
+#include "strand.hpp"
 #include "tls.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -155,7 +156,7 @@ struct server::impl {
     {
         while (!self->stopping) {
             auto [ec, socket] = co_await self->acceptor.async_accept(
-                executor_type(asio::make_strand(self->ex)), asio::as_tuple(asio::use_awaitable));
+                detail::make_strand(self->ex), asio::as_tuple(asio::use_awaitable));
             if (self->stopping)
                 break;
             if (ec) {
