@@ -4,6 +4,7 @@
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -313,34 +314,50 @@ void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::an
                 });
         });
     }
-    // Inline when the caller already runs on the strand (a sender resumed by the previous
+    // At once when the caller already runs on the strand (a sender resumed by the previous
     // ACK, typically): the next message then goes out without a trip through the scheduler.
-    const bool inline_call = detail::running_in(i->strand_);
-    asio::dispatch(i->strand_, [i, id, inline_call, msg = std::move(msg), h = std::move(handler)]() mutable {
-        i->enqueue(id, std::move(msg), std::move(h), inline_call);
+    // From anywhere else it is posted (a strand never runs work inline for a caller outside).
+    if (detail::running_in(i->strand_)) {
+        i->enqueue(id, std::move(msg), std::move(handler), true);
+        return;
+    }
+    asio::post(i->strand_, [i, id, msg = std::move(msg), h = std::move(handler)]() mutable {
+        i->enqueue(id, std::move(msg), std::move(h), false);
     });
 }
 
 void connection::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
 {
-    // Dispatched, like sends, so that calls made on the strand keep their order.
-    const bool inline_call = detail::running_in(i->strand_);
-    asio::dispatch(i->strand_, [i, inline_call, h = std::move(handler)]() mutable {
+    // Like sends, so that calls made on the strand keep their order.
+    auto close = [i, h = std::move(handler)](bool initiating) mutable {
         if (h)
             i->close_waiters_.push_back(std::move(h));
-        const bool outer = std::exchange(i->initiating_, inline_call);
+        const bool outer = std::exchange(i->initiating_, initiating);
         i->core_.close(detail::clock::now());
         i->run();
         i->initiating_ = outer;
-    });
+    };
+    if (detail::running_in(i->strand_))
+        close(true);
+    else
+        asio::post(i->strand_, [close = std::move(close)]() mutable { close(false); });
 }
 
 asio::awaitable<outcome::result<message>> connection::send(message msg)
 {
-    auto [ec, ack] = co_await async_send(std::move(msg), asio::as_tuple(asio::use_awaitable));
-    if (ec)
-        co_return ec;
-    co_return std::move(ack);
+    // Without a coroutine frame of its own: the awaitable completes straight from the send's
+    // handler, which makes the result of the error and the ACK. The awaiting coroutine's
+    // executor and cancellation slot stay those of the send.
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(outcome::result<message>)>(
+        [i = impl_](auto handler, message m) {
+            auto slot = asio::get_associated_cancellation_slot(handler);
+            auto ex = asio::get_associated_executor(handler);
+            auto to_result = [h = std::move(handler)](boost::system::error_code ec, message ack) mutable {
+                std::move(h)(ec ? outcome::result<message>(ec) : outcome::result<message>(std::move(ack)));
+            };
+            send_impl(i, std::move(m), asio::bind_cancellation_slot(slot, asio::bind_executor(ex, std::move(to_result))));
+        },
+        asio::use_awaitable, std::move(msg));
 }
 
 asio::awaitable<void> connection::close()

@@ -381,8 +381,9 @@ bool connection_core::on_frame(std::string_view payload, clock::time_point now)
         discard();
         return true;
     }
+    static const path msa1 = path::parse("MSA.1").value(), msa2_path = path::parse("MSA.2").value();
     auto reply = message::parse(text);
-    auto msa2 = reply ? reply.value().get("MSA.2") : outcome::result<value>(errc::garbled_ack);
+    auto msa2 = reply ? reply.value().get(msa2_path) : outcome::result<value>(errc::garbled_ack);
     if (!msa2 || msa2.value().raw().empty()) {
         finish_flight(errc::garbled_ack);
         link_lost(errc::garbled_ack, now);
@@ -397,7 +398,7 @@ bool connection_core::on_frame(std::string_view payload, clock::time_point now)
         link_lost(errc::ack_mismatch, now);
         return false;
     }
-    const std::string_view code = reply.value().get("MSA.1").value().raw();
+    const std::string_view code = reply.value().get(msa1).value().raw();
     const bool accepted = code == "AA" || code == "CA";
     if (!accepted && code != "AE" && code != "AR" && code != "CE" && code != "CR") {
         finish_flight(errc::garbled_ack);

@@ -340,11 +340,15 @@ std::string unescape(std::string_view text, const delimiters& d)
 
 std::string escape(std::string_view text, const delimiters& d)
 {
+    const char specials[] = {d.field, d.component, d.subcomponent, d.repetition, d.escape, '\r', '\n', d.truncation};
+    const std::size_t first = text.find_first_of(std::string_view(specials, d.truncation ? 8 : 7));
+    if (first == std::string_view::npos)
+        return std::string(text); // most values have nothing to escape
     std::string out;
     out.reserve(text.size() + 8);
-    // Runs of ordinary bytes are appended whole: most values have nothing to escape.
-    std::size_t run = 0;
-    for (std::size_t i = 0; i < text.size(); ++i) {
+    out.append(text, 0, first);
+    std::size_t run = first;
+    for (std::size_t i = first; i < text.size(); ++i) {
         const char c = text[i];
         std::string_view body;
         if (c == d.field)

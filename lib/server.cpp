@@ -258,40 +258,41 @@ struct server::impl {
     {
         received.fetch_add(1, relaxed);
         auto parsed = message::parse(frame);
+        std::optional<message> header; // of a frame that does not parse
+        std::string_view control_id;
+        outcome::result<message> reply = errc::not_hl7;
         if (!parsed) {
             errors.fetch_add(1, relaxed);
-            const auto header = readable_header(frame);
-            const std::string_view control_id = header ? control_id_of(*header) : std::string_view{};
+            header = readable_header(frame);
+            control_id = header ? control_id_of(*header) : std::string_view{};
             report({.what = kind::unparsable, .peer = s.peer, .control_id = control_id, .error = parsed.error()});
             if (!header)
                 co_return error_code{};
             // 100: the header segment, required first, could not be read.
             const std::string text = parsed.error().message();
-            co_return co_await write_reply(s, make_ack(*header, ack_code::error, {.text = text, .error_code = 100}), control_id);
+            reply = make_ack(*header, ack_code::error, {.text = text, .error_code = 100});
+        } else {
+            const message& msg = parsed.value();
+            control_id = control_id_of(msg);
+            report({.what = kind::received, .peer = s.peer, .control_id = control_id});
+            std::optional<message> handled;
+            std::string failure;
+            try {
+                handled = co_await options.handler(msg);
+            } catch (const std::exception& e) {
+                failure = e.what();
+            } catch (...) {
+                failure = "unknown exception";
+            }
+            if (handled) {
+                reply = std::move(*handled);
+            } else {
+                errors.fetch_add(1, relaxed);
+                report({.what = kind::handler_error, .peer = s.peer, .control_id = control_id, .detail = failure});
+                reply = make_ack(msg, ack_code::error, {.error_code = 207, .error_text = failure});
+            }
         }
-
-        const message& msg = parsed.value();
-        const std::string_view control_id = control_id_of(msg);
-        report({.what = kind::received, .peer = s.peer, .control_id = control_id});
-        std::optional<message> reply;
-        std::string failure;
-        try {
-            reply = co_await options.handler(msg);
-        } catch (const std::exception& e) {
-            failure = e.what();
-        } catch (...) {
-            failure = "unknown exception";
-        }
-        if (reply)
-            co_return co_await write_reply(s, std::move(*reply), control_id);
-        errors.fetch_add(1, relaxed);
-        report({.what = kind::handler_error, .peer = s.peer, .control_id = control_id, .detail = failure});
-        co_return co_await write_reply(s, make_ack(msg, ack_code::error, {.error_code = 207, .error_text = failure}), control_id);
-    }
-
-    // A reply that could not be built (make_ack of a batch without MSH) is not sent.
-    asio::awaitable<error_code> write_reply(session& s, outcome::result<message> reply, std::string_view control_id)
-    {
+        // A reply that could not be built (make_ack of a batch without MSH) is not sent.
         if (!reply)
             co_return error_code{};
         static constexpr char trailer[] = {mllp::end_block, mllp::carriage_return};

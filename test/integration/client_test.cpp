@@ -815,6 +815,33 @@ TEST_CASE("a message without MSH-10 is refused unsent")
     });
 }
 
+TEST_CASE("a send that fails at once never completes inside the call that started it")
+{
+    // Started from a handler of the io_context (not of the connection's strand) and from one
+    // on the strand: in neither may the callback run before async_send returns.
+    asio::io_context ctx;
+    peer p(ctx.get_executor(), [](peer_link& l, std::size_t) { return l.serve(); });
+    auto client = make_client(ctx.get_executor());
+    auto conn = client.connect(p.port()).value();
+    const message unnamed = message::parse(std::string_view("MSH|^~\\&|A|B\rPID|1\r")).value();
+    int completed = 0;
+    bool inside = false;
+    auto start = [&] {
+        inside = true;
+        conn.async_send(unnamed, [&](boost::system::error_code ec, const message&) {
+            CHECK_FALSE(inside);
+            CHECK(ec == errc::missing_control_id);
+            ++completed;
+        });
+        inside = false;
+    };
+    asio::post(ctx, start);
+    asio::post(conn.get_executor(), start);
+    for (int i = 0; i < 500 && completed < 2; ++i)
+        ctx.run_for(10ms);
+    CHECK(completed == 2);
+}
+
 TEST_CASE("send and receive hooks transform what goes on the wire")
 {
     run_async([]() -> asio::awaitable<void> {
