@@ -11,9 +11,11 @@
 #include <benchmark/benchmark.h>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
@@ -143,6 +145,80 @@ void run_until_done(asio::io_context& ctx, Body body)
     ctx.run();
 }
 
+// What any Asio-based client and server pay before doing any HL7 work: the same exchange with
+// bare Asio coroutines on strands (async_write of the frame, async_read_some until its end,
+// the precomputed ACK), each side on an io_context of its own as with the library. Against
+// raw_baseline it shows what the reactor costs; against the library, what the library adds.
+asio::awaitable<bool> asio_exchange(tcp::socket& s, std::string& pending, const std::string& frame)
+{
+    char buf[4096];
+    co_await asio::async_write(s, asio::buffer(frame), asio::as_tuple(asio::use_awaitable));
+    for (;;) {
+        const auto end = pending.find('\x1c');
+        if (end != std::string::npos) {
+            pending.erase(0, std::min(pending.size(), end + 2));
+            co_return true;
+        }
+        auto [ec, n] = co_await s.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
+        if (ec)
+            co_return false;
+        pending.append(buf, n);
+    }
+}
+
+struct asio_server {
+    asio::io_context ctx;
+    tcp::acceptor acceptor{ctx, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
+    std::thread thread;
+
+    asio_server()
+    {
+        asio::co_spawn(ctx, accept(), asio::detached);
+        thread = std::thread([this] { ctx.run(); });
+    }
+    ~asio_server()
+    {
+        ctx.stop();
+        thread.join();
+    }
+    std::uint16_t port() const { return acceptor.local_endpoint().port(); }
+
+    asio::awaitable<void> accept()
+    {
+        for (;;) {
+            auto [ec, s] = co_await acceptor.async_accept(asio::make_strand(ctx), asio::as_tuple(asio::use_awaitable));
+            if (ec)
+                co_return;
+            auto ex = s.get_executor();
+            asio::co_spawn(ex, serve(std::move(s)), asio::detached);
+        }
+    }
+    static asio::awaitable<void> serve(tcp::socket s)
+    {
+        s.set_option(tcp::no_delay(true));
+        std::string pending;
+        char buf[16384];
+        for (;;) {
+            auto [ec, n] = co_await s.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
+            if (ec)
+                co_return;
+            pending.append(buf, n);
+            for (auto end = pending.find('\x1c'); end != std::string::npos; end = pending.find('\x1c')) {
+                pending.erase(0, std::min(pending.size(), end + 2));
+                co_await asio::async_write(s, asio::buffer(raw_ack()), asio::as_tuple(asio::use_awaitable));
+            }
+        }
+    }
+};
+
+tcp::socket asio_client(asio::io_context& ctx, std::uint16_t port)
+{
+    tcp::socket s(asio::make_strand(ctx));
+    s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    s.set_option(tcp::no_delay(true));
+    return s;
+}
+
 // The library's server in a child process, so that memory measured here is the client's.
 struct forked_server {
     pid_t pid = -1;
@@ -236,6 +312,33 @@ void roundtrip_raw_baseline(benchmark::State& state)
         latencies.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
     }
     s.close();
+    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+    report_latency(state, latencies);
+}
+
+void roundtrip_asio_baseline(benchmark::State& state)
+{
+    asio_server server;
+    asio::io_context ctx;
+    tcp::socket s = asio_client(ctx, server.port());
+    const std::string frame = hl7::mllp::encode(sample().str());
+    std::vector<double> latencies;
+    latencies.reserve(1 << 20);
+    bool wrong = false;
+    run_until_done(ctx, [&]() -> asio::awaitable<void> {
+        std::string pending;
+        for (auto _ : state) {
+            const auto t0 = std::chrono::steady_clock::now();
+            if (!co_await asio_exchange(s, pending, frame)) {
+                wrong = true;
+                break;
+            }
+            latencies.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+        }
+    });
+    s.close();
+    if (wrong)
+        state.SkipWithError("an Asio round trip failed");
     state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
     report_latency(state, latencies);
 }
@@ -356,6 +459,38 @@ void roundtrip_connections_8_raw_baseline(benchmark::State& state)
         benchmark::Counter(static_cast<double>(state.iterations()) * parallel * per_round, benchmark::Counter::kIsRate);
 }
 
+void roundtrip_connections_8_asio_baseline(benchmark::State& state)
+{
+    asio_server server;
+    asio::io_context ctx;
+    std::vector<tcp::socket> sockets;
+    for (int i = 0; i < parallel; ++i)
+        sockets.push_back(asio_client(ctx, server.port()));
+    const std::string frame = hl7::mllp::encode(sample().str());
+    std::vector<std::string> pending(parallel);
+    bool wrong = false;
+    for (auto _ : state) {
+        int running = parallel;
+        for (int c = 0; c < parallel; ++c)
+            asio::co_spawn(sockets[c].get_executor(), [&, c]() -> asio::awaitable<void> {
+                for (int i = 0; i < per_round; ++i)
+                    if (!co_await asio_exchange(sockets[c], pending[c], frame))
+                        wrong = true;
+            }, [&](std::exception_ptr) {
+                if (--running == 0)
+                    ctx.stop();
+            });
+        ctx.restart();
+        ctx.run();
+    }
+    for (auto& s : sockets)
+        s.close();
+    if (wrong)
+        state.SkipWithError("an Asio round trip failed");
+    state.counters["messages/s"] =
+        benchmark::Counter(static_cast<double>(state.iterations()) * parallel * per_round, benchmark::Counter::kIsRate);
+}
+
 std::size_t rss_bytes()
 {
     std::ifstream statm("/proc/self/statm");
@@ -434,9 +569,11 @@ void memory_million_messages(benchmark::State& state)
 BENCHMARK_CAPTURE(roundtrip_sequential, plain, false)->Name("roundtrip/sequential")->MinTime(2.0)->UseRealTime();
 BENCHMARK_CAPTURE(roundtrip_sequential, tls, true)->Name("roundtrip/sequential_tls")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_raw_baseline)->Name("roundtrip/raw_baseline")->MinTime(2.0)->UseRealTime();
+BENCHMARK(roundtrip_asio_baseline)->Name("roundtrip/asio_baseline")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_client_only)->Name("roundtrip/client_only")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_server_only)->Name("roundtrip/server_only")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_connections_8)->Name("roundtrip/connections_8")->MinTime(2.0)->UseRealTime();
 BENCHMARK(roundtrip_connections_8_raw_baseline)->Name("roundtrip/connections_8_raw_baseline")->MinTime(2.0)->UseRealTime();
+BENCHMARK(roundtrip_connections_8_asio_baseline)->Name("roundtrip/connections_8_asio_baseline")->MinTime(2.0)->UseRealTime();
 BENCHMARK(memory_idle_connection)->Name("memory/idle_connection")->Iterations(1);
 BENCHMARK(memory_million_messages)->Name("memory/million_messages")->Iterations(1)->Unit(benchmark::kSecond);
