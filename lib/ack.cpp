@@ -2,6 +2,11 @@
 
 #include <boost/outcome/try.hpp>
 
+#include "append.hpp"
+
+#include <algorithm>
+#include <iterator>
+
 namespace hl7 {
 namespace {
 
@@ -26,41 +31,52 @@ std::string_view table_0357_text(std::uint16_t code) noexcept
     }
 }
 
-std::string_view raw(const message& m, const path& p)
-{
-    auto v = m.get(p);
-    return v ? v.value().raw() : std::string_view{};
-}
+// The fields of a message's first MSH segment as on the wire, read in one pass: fields[n]
+// is MSH-n for n from 2 to 16 (empty when absent).
+struct header_fields {
+    std::string_view fields[17];
+    bool present = false;
 
-// Parsed once: a server builds an ACK for every message it answers.
-struct header_paths {
-    static path at(std::string_view text) { return path::parse(text).value(); }
-    path msh = at("MSH");
-    path swapped[4] = {at("MSH.5"), at("MSH.6"), at("MSH.3"), at("MSH.4")};
-    path trigger = at("MSH.9.2");
-    path control_id = at("MSH.10");
-    path processing_id = at("MSH.11");
-    path version = at("MSH.12");
-    path accept_ack_type = at("MSH.15");
-    path application_ack_type = at("MSH.16");
+    explicit header_fields(const message& m)
+    {
+        static const path msh = path::parse("MSH").value();
+        const auto segment = m.get(msh);
+        if (!segment || !segment.value().present())
+            return;
+        present = true;
+        const std::string_view text = segment.value().raw();
+        const char sep = m.delimiters().field;
+        std::size_t at = 3; // MSH-1, the field separator itself
+        for (std::size_t n = 2; n < std::size(fields) && at < text.size(); ++n) {
+            const std::size_t next = std::min(text.find(sep, at + 1), text.size());
+            fields[n] = text.substr(at + 1, next - at - 1);
+            at = next;
+        }
+    }
+
+    /// Component `c` of the first repetition of field `n`.
+    std::string_view component(std::size_t n, std::size_t c, const hl7::delimiters& d) const
+    {
+        std::string_view v = fields[n].substr(0, fields[n].find(d.repetition));
+        for (; c > 1; --c) {
+            const std::size_t next = v.find(d.component);
+            if (next == std::string_view::npos)
+                return {};
+            v.remove_prefix(next + 1);
+        }
+        return v.substr(0, v.find(d.component));
+    }
 };
-
-const header_paths& paths()
-{
-    static const header_paths p;
-    return p;
-}
 
 } // namespace
 
 outcome::result<message> make_ack(const message& received, ack_code code, const ack_options& options)
 {
-    const header_paths& h = paths();
-    BOOST_OUTCOME_TRY(const std::size_t headers, received.count(h.msh));
-    if (headers == 0)
+    const header_fields h(received);
+    if (!h.present)
         return errc::not_hl7;
     const hl7::delimiters& d = received.delimiters();
-    const bool enhanced = !raw(received, h.accept_ack_type).empty() || !raw(received, h.application_ack_type).empty();
+    const bool enhanced = !h.fields[15].empty() || !h.fields[16].empty();
     const char* const codes[] = {"AA", "AE", "AR", "CA", "CE", "CR"};
     const std::string_view msa1 = codes[static_cast<int>(code) + (enhanced ? 3 : 0)];
 
@@ -71,33 +87,33 @@ outcome::result<message> make_ack(const message& received, ack_code code, const 
     s += {'M', 'S', 'H', d.field, d.component, d.repetition, d.escape, d.subcomponent};
     if (d.truncation)
         s += d.truncation;
-    for (const path& p : h.swapped) {
+    for (const std::size_t n : {5, 6, 3, 4}) {
         s += d.field;
-        s += raw(received, p);
+        s += h.fields[n];
     }
     s += d.field;
-    s += escape(make_timestamp(), d); // MSH-7
-    s += d.field;          // MSH-8
+    detail::append_escaped(s, make_timestamp(), d); // MSH-7
+    s += d.field;                                   // MSH-8
     s += d.field;
     s += "ACK";
     s += d.component;
-    s += raw(received, h.trigger);
+    s += h.component(9, 2, d);
     s += d.component;
     s += "ACK";
     s += d.field;
     s += make_control_id(); // MSH-10 (letters and digits only)
     s += d.field;
-    s += raw(received, h.processing_id);
+    s += h.fields[11];
     s += d.field;
-    s += raw(received, h.version);
+    s += h.fields[12];
     s += "\rMSA";
     s += d.field;
     s += msa1;
     s += d.field;
-    s += raw(received, h.control_id);
+    s += h.fields[10];
     if (!options.text.empty()) {
         s += d.field;
-        s += escape(options.text, d);
+        detail::append_escaped(s, options.text, d);
     }
     if (code != ack_code::accept && (options.error_code != 0 || !options.error_text.empty())) {
         // ERR-3 = <code>^<text>^HL70357, ERR-4 = E, ERR-8 = the user message.
@@ -106,14 +122,14 @@ outcome::result<message> make_ack(const message& received, ack_code code, const 
         s.append(3, d.field);
         s += std::to_string(err);
         s += d.component;
-        s += escape(table_0357_text(err), d);
+        detail::append_escaped(s, table_0357_text(err), d);
         s += d.component;
         s += "HL70357";
         s += d.field;
         s += 'E';
         if (!options.error_text.empty()) {
             s.append(4, d.field);
-            s += escape(options.error_text, d);
+            detail::append_escaped(s, options.error_text, d);
         }
     }
     s += '\r';
