@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace hl7::detail {
 
@@ -166,7 +167,7 @@ void connection_core::connected(std::uint64_t link, const boost::asio::ip::tcp::
     if (link != link_ || state_ != link_state::connecting)
         return;
     state_ = link_state::connected;
-    failures_ = 0;
+    failures_before_connect_ = std::exchange(failures_, 0);
     if (ever_connected_)
         counters_.reconnects.fetch_add(1, std::memory_order_relaxed);
     ever_connected_ = true;
@@ -323,13 +324,24 @@ void connection_core::link_lost(boost::system::error_code ec, clock::time_point 
     owned_event lost{event::kind::disconnected};
     lost.error = ec;
     notify(std::move(lost));
+    // Under TLS 1.3 a server's verdict on our certificate comes after the handshake, with its
+    // first records: such a refusal is the reason the message failed, and it makes the
+    // attempt a failed one, as a refusal during the handshake does, so that a connection
+    // whose certificate is refused gives up after the maximum attempts.
+    const bool refused = ec == errc::tls_no_client_certificate || ec == errc::tls_untrusted_certificate ||
+                         ec == errc::tls_certificate_expired;
     if (inflight_)
-        finish_flight(errc::connection_lost);
+        finish_flight(refused ? ec : make_error_code(errc::connection_lost));
     if (state_ == link_state::closing) {
         finish_close();
         return;
     }
     ++link_; // whatever the old socket still reports is stale
+    if (refused) {
+        failures_ = failures_before_connect_;
+        retry_or_give_up(ec, now);
+        return;
+    }
     state_ = link_state::backing_off;
     const clock::duration d = backoff_.delay(0);
     deadline_ = now + d;

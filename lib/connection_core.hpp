@@ -162,6 +162,7 @@ private:
     link_state state_;
     std::uint64_t link_ = 0;
     std::uint32_t failures_ = 0;
+    std::uint32_t failures_before_connect_ = 0; // restored when the peer refuses our certificate after all
     bool ever_connected_ = false;
     bool write_pending_ = false;
     bool handshaking_ = false;

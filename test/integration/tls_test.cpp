@@ -43,10 +43,15 @@ struct event_log {
     std::mutex mutex;
     std::vector<boost::system::error_code> errors; // of disconnected, gave_up, handshake_failed
     std::size_t received = 0;
+    bool gave_up = false;
 
     std::function<void(const hl7::event&)> client()
     {
         return [this](const hl7::event& e) {
+            if (e.what == hl7::event::kind::gave_up) {
+                std::lock_guard lock(mutex);
+                gave_up = true;
+            }
             if (e.what == hl7::event::kind::disconnected || e.what == hl7::event::kind::gave_up ||
                 e.what == hl7::event::kind::reconnect_scheduled) {
                 std::lock_guard lock(mutex);
@@ -201,8 +206,19 @@ TEST_CASE("a client without a certificate is refused by a mutual TLS server, and
     run_async([]() -> asio::awaitable<void> {
         event_log events, server_events;
         auto server = co_await tls_server(server_tls(certs().server_cert, certs().server_key, true), &server_events);
-        auto result = co_await send_once(server, "127.0.0.1", client_tls(), &events);
+        auto ex = co_await asio::this_coro::executor;
+        auto client = hl7::client::create(ex, {.host = "127.0.0.1"}).value();
+        auto conn = client.connect(server.local_endpoint().port(), options(client_tls(), &events)).value();
+        auto result = co_await conn.send(fresh());
         REQUIRE(result.has_error());
+        // TLS 1.3 refuses after the handshake, TLS 1.2 during it: either way the message fails
+        // with the reason, and the connection gives up after its two attempts.
+        CHECK(result.error() == errc::tls_no_client_certificate);
+        for (int i = 0; i < 200 && conn.state() != hl7::link_state::failed; ++i)
+            co_await sleep_for(10ms);
+        CHECK(conn.state() == hl7::link_state::failed);
+        CHECK(events.gave_up);
+        co_await conn.close();
         CHECK(server_events.saw(errc::tls_no_client_certificate));
         CHECK(events.saw(errc::tls_no_client_certificate));
         CHECK(server_events.received == 0);

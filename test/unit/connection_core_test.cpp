@@ -412,6 +412,51 @@ TEST_CASE("a successful connection resets the count of failed attempts")
     CHECK(h.counters.reconnects == 4);
 }
 
+TEST_CASE("a certificate refused after the handshake fails the message with that reason and counts as a failed attempt")
+{
+    // TLS 1.3: the server's verdict on the client certificate arrives after the handshake,
+    // as an alert read on the open link.
+    auto o = harness::defaults();
+    o.reconnect.max_attempts = 3;
+    harness h(o);
+    h.core.start(h.now);
+    h.drain();
+    h.send(1);
+    for (int attempt = 1; attempt <= 3; ++attempt) {
+        h.connect_ok();
+        h.drain();
+        REQUIRE(h.core.state() == link_state::connected);
+        h.core.read_failed(h.link, errc::tls_no_client_certificate, h.now);
+        h.drain();
+        if (attempt < 3) {
+            REQUIRE(h.core.state() == link_state::backing_off);
+            h.fire();
+            h.drain();
+        }
+    }
+    CHECK(h.completed[1] == errc::tls_no_client_certificate);
+    CHECK(h.core.state() == link_state::failed);
+    CHECK(h.count_events(hl7::event::kind::gave_up) == 1);
+}
+
+TEST_CASE("a link dropped for another reason after connecting does not count as a failed attempt")
+{
+    auto o = harness::defaults();
+    o.reconnect.max_attempts = 2;
+    harness h(o);
+    up(h);
+    for (int round = 0; round < 5; ++round) {
+        h.core.read_failed(h.link, boost::asio::error::connection_reset, h.now);
+        h.drain();
+        REQUIRE(h.core.state() == link_state::backing_off);
+        h.fire();
+        h.drain();
+        h.connect_ok();
+        h.drain();
+    }
+    CHECK(h.core.state() == link_state::connected);
+}
+
 TEST_CASE("a reconnect policy without a maximum never gives up")
 {
     auto o = harness::defaults();
