@@ -82,18 +82,26 @@ struct library_server {
     }
 };
 
+// Takes the first whole MLLP frame out of `pending`, its payload into `frame`; false when
+// there is none yet.
+bool take_frame(std::string& pending, std::string& frame)
+{
+    const auto start = pending.find('\x0b');
+    const auto end = pending.find('\x1c', start == std::string::npos ? 0 : start);
+    if (start == std::string::npos || end == std::string::npos)
+        return false;
+    frame.assign(pending, start + 1, end - start - 1);
+    pending.erase(0, std::min(pending.size(), end + 2));
+    return true;
+}
+
 // Reads one MLLP frame with blocking calls; false on EOF.
 bool read_frame(tcp::socket& s, std::string& pending, std::string& frame)
 {
     char buf[8192];
     for (;;) {
-        const auto start = pending.find('\x0b');
-        const auto end = pending.find('\x1c', start == std::string::npos ? 0 : start);
-        if (start != std::string::npos && end != std::string::npos) {
-            frame.assign(pending, start + 1, end - start - 1);
-            pending.erase(0, std::min(pending.size(), end + 2));
+        if (take_frame(pending, frame))
             return true;
-        }
         boost::system::error_code ec;
         const std::size_t n = s.read_some(asio::buffer(buf), ec);
         if (ec)
@@ -149,16 +157,13 @@ void run_until_done(asio::io_context& ctx, Body body)
 // bare Asio coroutines on strands (async_write of the frame, async_read_some until its end,
 // the precomputed ACK), each side on an io_context of its own as with the library. Against
 // raw_baseline it shows what the reactor costs; against the library, what the library adds.
-asio::awaitable<bool> asio_exchange(tcp::socket& s, std::string& pending, const std::string& frame)
+asio::awaitable<bool> asio_exchange(tcp::socket& s, std::string& pending, const std::string& frame, std::string& reply)
 {
     char buf[4096];
     co_await asio::async_write(s, asio::buffer(frame), asio::as_tuple(asio::use_awaitable));
     for (;;) {
-        const auto end = pending.find('\x1c');
-        if (end != std::string::npos) {
-            pending.erase(0, std::min(pending.size(), end + 2));
+        if (take_frame(pending, reply))
             co_return true;
-        }
         auto [ec, n] = co_await s.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
         if (ec)
             co_return false;
@@ -196,17 +201,15 @@ struct asio_server {
     static asio::awaitable<void> serve(tcp::socket s)
     {
         s.set_option(tcp::no_delay(true));
-        std::string pending;
+        std::string pending, frame;
         char buf[16384];
         for (;;) {
             auto [ec, n] = co_await s.async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
             if (ec)
                 co_return;
             pending.append(buf, n);
-            for (auto end = pending.find('\x1c'); end != std::string::npos; end = pending.find('\x1c')) {
-                pending.erase(0, std::min(pending.size(), end + 2));
+            while (take_frame(pending, frame))
                 co_await asio::async_write(s, asio::buffer(raw_ack()), asio::as_tuple(asio::use_awaitable));
-            }
         }
     }
 };
@@ -326,10 +329,10 @@ void roundtrip_asio_baseline(benchmark::State& state)
     latencies.reserve(1 << 20);
     bool wrong = false;
     run_until_done(ctx, [&]() -> asio::awaitable<void> {
-        std::string pending;
+        std::string pending, reply;
         for (auto _ : state) {
             const auto t0 = std::chrono::steady_clock::now();
-            if (!co_await asio_exchange(s, pending, frame)) {
+            if (!co_await asio_exchange(s, pending, frame, reply) || reply.size() + 3 != raw_ack().size()) {
                 wrong = true;
                 break;
             }
@@ -467,14 +470,14 @@ void roundtrip_connections_8_asio_baseline(benchmark::State& state)
     for (int i = 0; i < parallel; ++i)
         sockets.push_back(asio_client(ctx, server.port()));
     const std::string frame = hl7::mllp::encode(sample().str());
-    std::vector<std::string> pending(parallel);
+    std::vector<std::string> pending(parallel), replies(parallel);
     bool wrong = false;
     for (auto _ : state) {
         int running = parallel;
         for (int c = 0; c < parallel; ++c)
             asio::co_spawn(sockets[c].get_executor(), [&, c]() -> asio::awaitable<void> {
                 for (int i = 0; i < per_round; ++i)
-                    if (!co_await asio_exchange(sockets[c], pending[c], frame))
+                    if (!co_await asio_exchange(sockets[c], pending[c], frame, replies[c]))
                         wrong = true;
             }, [&](std::exception_ptr) {
                 if (--running == 0)
