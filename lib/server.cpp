@@ -93,7 +93,7 @@ struct server::impl {
 
     impl(executor_type e, server_options o, std::shared_ptr<asio::ssl::context> t)
         : ex(std::move(e)), strand(asio::make_strand(ex)), acceptor(strand), accept_pause(strand),
-          options(std::move(o)), tls(std::move(t))
+          stop_deadline(strand), options(std::move(o)), tls(std::move(t))
     {
     }
 
@@ -101,6 +101,7 @@ struct server::impl {
     const asio::strand<executor_type> strand;
     tcp::acceptor acceptor;
     asio::steady_timer accept_pause;
+    asio::steady_timer stop_deadline;
     tcp::endpoint endpoint;
     const server_options options;
     const std::shared_ptr<asio::ssl::context> tls; // null: plaintext
@@ -121,16 +122,16 @@ struct server::impl {
             options.observer(e);
     }
 
-    void stop(asio::any_completion_handler<void()> handler)
+    static void stop(const std::shared_ptr<impl>& self, asio::any_completion_handler<void()> handler)
     {
         if (handler)
-            waiting.push_back(std::move(handler));
-        if (!stopping) {
-            stopping = true;
+            self->waiting.push_back(std::move(handler));
+        if (!self->stopping) {
+            self->stopping = true;
             error_code ignored;
-            acceptor.close(ignored);
-            accept_pause.cancel();
-            for (const auto& s : sessions) {
+            self->acceptor.close(ignored);
+            self->accept_pause.cancel();
+            for (const auto& s : self->sessions) {
                 // A session busy with a message sees the flag once it has written the reply.
                 asio::post(s->strand, [s] {
                     s->stop_requested = true;
@@ -140,14 +141,25 @@ struct server::impl {
                     }
                 });
             }
+            self->stop_deadline.expires_after(self->options.stop_timeout);
+            self->stop_deadline.async_wait([self](error_code ec) {
+                if (ec)
+                    return; // every connection ended in time
+                for (const auto& s : self->sessions)
+                    asio::post(s->strand, [s] {
+                        error_code ignored;
+                        s->socket.close(ignored);
+                    });
+            });
         }
-        finish_if_stopped();
+        self->finish_if_stopped();
     }
 
     void finish_if_stopped()
     {
         if (!stopping || accepting || !sessions.empty())
             return;
+        stop_deadline.cancel();
         for (auto& h : std::exchange(waiting, {}))
             asio::post(ex, std::move(h));
     }
@@ -397,7 +409,7 @@ server::executor_type server::get_executor() const noexcept
 void server::stop_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
 {
     // Never completes inside the initiating call: the handler reaches the strand by post.
-    asio::post(i->strand, [i, handler = std::move(handler)]() mutable { i->stop(std::move(handler)); });
+    asio::post(i->strand, [i, handler = std::move(handler)]() mutable { impl::stop(i, std::move(handler)); });
 }
 
 } // namespace hl7

@@ -24,6 +24,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -91,6 +92,11 @@ struct server_options {
     /// tls->handshake_timeout) and is dropped, reported as handshake_failed, when it fails.
     /// Empty: plaintext MLLP.
     std::optional<tls_server_options> tls = {};
+    /// How long async_stop lets connections finish the message in hand (a handler still
+    /// running, a reply the peer is slow to read). After it their sockets are closed, so that
+    /// a peer that stops reading cannot hold the stop up; a reply not yet written is lost
+    /// (the peer times out and resends, as after any broken connection).
+    std::chrono::milliseconds stop_timeout = std::chrono::seconds(10);
 };
 
 /// An MLLP server.
@@ -124,8 +130,9 @@ public:
 
     /// Stops gracefully: accepts no more connections; a connection that is waiting for a
     /// message is closed at once, one whose handler is running finishes it and writes the
-    /// reply first (frames it has already read behind that message are dropped unanswered).
-    /// Completes, with signature void(), once every connection is closed; never inside this
+    /// reply first (frames it has already read behind that message are dropped unanswered),
+    /// within server_options::stop_timeout, after which its socket is closed. Completes, with
+    /// signature void(), once every connection is closed and every handler has returned; never inside this
     /// call, but through the handler's associated executor (by default the server's). Calling
     /// it again is harmless; every call completes. Not cancellable. Default token: deferred.
     template <class CompletionToken = boost::asio::deferred_t>

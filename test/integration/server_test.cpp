@@ -605,6 +605,33 @@ TEST_CASE("async_stop lets a running handler finish and deliver its reply before
     }, deadline);
 }
 
+TEST_CASE("async_stop closes a connection whose peer does not read its reply once the stop timeout has passed")
+{
+    hl7::test::run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        recorder events;
+        // A reply larger than what the socket buffers of both sides can hold: its write waits
+        // for a peer that never reads.
+        const std::string big = hl7::test::cr("MSH|^~\\&|A|B|C|D|20240101||ACK^A01^ACK|BIG|P|2.5.1\nNTE|1||") +
+                                std::string(16 << 20, 'x') + "\r";
+        auto server = start(ex, {.handler = [&](const message&) -> asio::awaitable<message> {
+                                     co_return message::parse(std::string_view(big)).value();
+                                 },
+                                 .observer = events.observer(),
+                                 .stop_timeout = 200ms});
+        auto client = co_await raw_client::connect(server.local_endpoint());
+        co_await client.send(adt("STUCK"));
+        for (int i = 0; i < 1000 && events.of(kind::received).empty(); ++i)
+            co_await hl7::test::sleep_for(5ms);
+        REQUIRE(events.of(kind::received).size() == 1);
+        co_await server.async_stop(asio::use_awaitable); // would wait forever without the timeout
+        CHECK(events.of(kind::replied).empty());
+        const auto gone = events.of(kind::disconnected);
+        REQUIRE(gone.size() == 1);
+        CHECK(gone[0].error);
+    }, deadline);
+}
+
 TEST_CASE("async_stop called twice completes twice, and once more after the server has stopped")
 {
     hl7::test::run_async([]() -> asio::awaitable<void> {
