@@ -150,7 +150,9 @@ class client;
 /// connected, so a peer that closes or resets is noticed at once. When the link drops or a
 /// connection attempt fails it reconnects with exponential backoff and jitter; queued
 /// messages wait, bounded by queue_limit and queue_timeout. A message that was written
-/// but not acknowledged when the link dropped completes with errc::connection_lost.
+/// but not acknowledged when the link dropped completes with errc::connection_lost, or with
+/// the reason when the link dropped because the server refused our TLS certificate after the
+/// handshake (as TLS 1.3 servers do), which also counts as a failed connection attempt.
 ///
 /// The ACK is matched to the message: a reply whose MSA-2 is not the sent MSH-10 completes
 /// the send with errc::ack_mismatch and resets the link; a reply that is not a valid ACK
@@ -180,7 +182,8 @@ public:
     /// void(error_code, message): on success the matched ACK, whatever its MSA-1 (use
     /// hl7::accepted to turn AE/AR into errors); on failure an empty message and one of
     /// errc::{queue_full, queue_timeout, not_connected, ack_timeout, ack_mismatch,
-    /// garbled_ack, connection_lost, frame_too_large, closed}, or operation_aborted.
+    /// garbled_ack, connection_lost, frame_too_large, closed, tls_no_client_certificate,
+    /// tls_untrusted_certificate, tls_certificate_expired}, or operation_aborted.
     /// `msg` must have an MSH-10: a message without one completes with
     /// errc::missing_control_id, unsent.
     ///
