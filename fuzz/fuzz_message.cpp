@@ -1,6 +1,8 @@
-// Parses arbitrary bytes as a message, looks paths up, edits and re-parses it.
-// Invariants: no crash; every present value lies inside the message; a value written with
-// set() reads back decoded as written; serialised bytes parse to the same serialisation.
+// Parses arbitrary bytes as a message, looks paths up, edits and re-parses it, and builds its
+// ACK. Invariants: no crash; every present value lies inside the message; a value written with
+// set() reads back decoded as written; serialised bytes parse to the same serialisation; an
+// ACK's MSA-2 is the message's MSH-10.
+#include <hl7/ack.hpp>
 #include <hl7/message.hpp>
 
 #include <cstddef>
@@ -26,6 +28,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             (void)v.value().decoded();
         }
         (void)m.count(p);
+    }
+    if (auto ack = hl7::make_ack(m, hl7::ack_code::error, {.text = bytes.substr(0, 24)})) {
+        auto control_id = m.get("MSH.10");
+        const std::string_view sent = control_id ? control_id.value().raw() : std::string_view{};
+        if (!(ack.value().get("MSA.2") == sent) && !(sent.empty() && !ack.value().get("MSA.2").value().present()))
+            __builtin_trap();
     }
     hl7::message edited = m;
     const std::string text(bytes.substr(0, 16));
