@@ -46,7 +46,9 @@ struct header_fields {
         present = true;
         const std::string_view text = segment.value().raw();
         const char sep = m.delimiters().field;
-        std::size_t at = 3; // MSH-1, the field separator itself
+        // MSH-1 is the segment's first field separator (right after "MSH" unless the segment
+        // is malformed), as for message::get.
+        std::size_t at = std::min(text.find(sep), text.size());
         for (std::size_t n = 2; n < std::size(fields) && at < text.size(); ++n) {
             const std::size_t next = std::min(text.find(sep, at + 1), text.size());
             fields[n] = text.substr(at + 1, next - at - 1);

@@ -112,6 +112,17 @@ TEST_CASE("a batch without MSH cannot be acknowledged")
     CHECK(a.error() == hl7::errc::not_hl7);
 }
 
+TEST_CASE("in a batch, an MSH segment not followed at once by the field separator is read as get() reads it")
+{
+    // Found by fuzzing: the header's fields count from its first field separator.
+    const message m = parsed(cr("FHS|^~\\&|A\nMSH01|^~\\&|APP|FAC|ME|HERE|20240101||ADT^A01|C9|P|2.5.1\nFTS|1\n"));
+    REQUIRE(m.get("MSH.10") == "C9");
+    const message a = ack_of(m, ack_code::accept);
+    CHECK(a.get("MSA.2") == "C9");
+    CHECK(a.get("MSH.3") == "ME");
+    CHECK(a.get("MSH.9") == "ACK^A01^ACK");
+}
+
 TEST_CASE("accepted succeeds for AA and CA")
 {
     CHECK(hl7::accepted(parsed(read_sample("ack_adt_a01.hl7"))));
