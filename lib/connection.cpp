@@ -55,14 +55,14 @@ connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t p
 // except send, which the core only lets enqueue. A dispatched handler goes straight to its
 // own executor rather than through the strand, which would wrap it once more.
 template <class Signature, class... Args>
-void connection::impl::complete(asio::any_completion_handler<Signature> handler, Args... args)
+void connection::impl::complete(asio::any_completion_handler<Signature> handler, asio::any_completion_executor ex,
+                                Args... args)
 {
     handler.get_cancellation_slot().clear();
     if (initiating_) {
         asio::post(strand_, asio::append(std::move(handler), std::move(args)...));
         return;
     }
-    auto ex = asio::get_associated_executor(handler, strand_);
     asio::dispatch(asio::bind_executor(std::move(ex), asio::append(std::move(handler), std::move(args)...)));
 }
 
@@ -97,8 +97,9 @@ void connection::impl::run()
             auto it = find_pending(a.id);
             if (it != pending_.end()) {
                 auto handler = std::move(it->handler);
+                auto ex = std::move(it->executor);
                 pending_.erase(it);
-                complete(std::move(handler), a.error, a.take_ack());
+                complete(std::move(handler), std::move(ex), a.error, a.take_ack());
             }
             break;
         }
@@ -109,8 +110,10 @@ void connection::impl::run()
         case kind::arm_timer: arm(a.deadline); break;
         case kind::closed:
             // Taken out first: a waiter resumed inline may close again and reach here anew.
-            for (auto& waiter : std::exchange(close_waiters_, {}))
-                complete(std::move(waiter));
+            for (auto& waiter : std::exchange(close_waiters_, {})) {
+                auto ex = asio::get_associated_executor(waiter, strand_);
+                complete(std::move(waiter), std::move(ex));
+            }
             break;
         }
     }
@@ -255,7 +258,8 @@ void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completi
     static const path control_id_path = path::parse("MSH.10").value();
     const auto control_id = msg.get(control_id_path);
     if (!control_id || control_id.value().raw().empty()) {
-        complete(std::move(handler), boost::system::error_code(errc::missing_control_id), message{});
+        auto ex = asio::get_associated_executor(handler, strand_);
+        complete(std::move(handler), std::move(ex), boost::system::error_code(errc::missing_control_id), message{});
         initiating_ = outer;
         return;
     }
@@ -265,8 +269,8 @@ void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completi
         p.hooked = options_.send_hook(msg.str());
     else
         p.original = std::move(msg);
-    auto work = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
-    pending_.push_back({id, std::move(handler), std::move(work), std::move(p)});
+    auto ex = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
+    pending_.push_back({id, std::move(handler), std::move(ex), std::move(p)});
     core_.send(id, std::move(id_text), detail::clock::now());
     run();
     initiating_ = outer;

@@ -31,7 +31,9 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     struct pending_send {
         std::uint64_t id;
         boost::asio::any_completion_handler<send_signature> handler;
-        boost::asio::any_completion_executor work; // keeps the handler's executor from running out of work
+        // The handler's executor, counting work so that it does not run out while the send
+        // is pending; the handler completes on it.
+        boost::asio::any_completion_executor executor;
         payload bytes;
     };
 
@@ -40,9 +42,10 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
 
     /// Starts connecting unless the connection is lazy.
     void begin();
-    /// Completes `handler` with `args` (see connection.cpp).
+    /// Completes `handler`, whose associated executor is `ex`, with `args` (see connection.cpp).
     template <class Signature, class... Args>
-    void complete(boost::asio::any_completion_handler<Signature> handler, Args... args);
+    void complete(boost::asio::any_completion_handler<Signature> handler, boost::asio::any_completion_executor ex,
+                  Args... args);
     /// Carries out every action the core has.
     void run();
     void connect(std::uint64_t link);
