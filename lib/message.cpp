@@ -344,8 +344,8 @@ void detail::append_escaped(std::string& out, std::string_view text, const delim
     // What each byte becomes, 0 for itself: one table lookup per byte rather than eight
     // comparisons.
     char code[256] = {};
-    code['\r'] = 'D';
-    code['\n'] = 'A';
+    code[static_cast<unsigned char>('\r')] = 'D';
+    code[static_cast<unsigned char>('\n')] = 'A';
     if (d.truncation)
         code[static_cast<unsigned char>(d.truncation)] = 'P';
     code[static_cast<unsigned char>(d.escape)] = 'E';
