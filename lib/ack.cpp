@@ -4,9 +4,6 @@
 
 #include "append.hpp"
 
-#include <algorithm>
-#include <iterator>
-
 namespace hl7 {
 namespace {
 
@@ -31,42 +28,29 @@ std::string_view table_0357_text(std::uint16_t code) noexcept
     }
 }
 
-// The fields of a message's first MSH segment as on the wire, read in one pass: fields[n]
-// is MSH-n for n from 2 to 16 (empty when absent).
+// What make_ack copies from the received header, read with message::get through paths
+// parsed once: a server builds an ACK for every message it answers.
 struct header_fields {
-    std::string_view fields[17];
-    bool present = false;
+    std::string_view fields[17]; // fields[n]: MSH-n as on the wire, for n from 3 (empty when absent)
+    std::string_view trigger;    // MSH-9.2
+    bool present = false;        // the message has an MSH segment
 
     explicit header_fields(const message& m)
     {
-        static const path msh = path::parse("MSH").value();
-        const auto segment = m.get(msh);
-        if (!segment || !segment.value().present())
+        static const struct paths {
+            path msh = path::parse("MSH").value();
+            path trigger = path::parse("MSH.9.2").value();
+        } p;
+        const auto segment = m.get(p.msh);
+        present = segment && segment.value().present();
+        if (!present)
             return;
-        present = true;
-        const std::string_view text = segment.value().raw();
-        const char sep = m.delimiters().field;
-        // MSH-1 is the segment's first field separator (right after "MSH" unless the segment
-        // is malformed), as for message::get.
-        std::size_t at = std::min(text.find(sep), text.size());
-        for (std::size_t n = 2; n < std::size(fields) && at < text.size(); ++n) {
-            const std::size_t next = std::min(text.find(sep, at + 1), text.size());
-            fields[n] = text.substr(at + 1, next - at - 1);
-            at = next;
+        trigger = m.get(p.trigger).value().raw();
+        path field = p.msh;
+        for (const std::uint32_t n : {3, 4, 5, 6, 10, 11, 12, 15, 16}) {
+            field.field = n;
+            fields[n] = m.get(field).value().raw();
         }
-    }
-
-    /// Component `c` of the first repetition of field `n`.
-    std::string_view component(std::size_t n, std::size_t c, const hl7::delimiters& d) const
-    {
-        std::string_view v = fields[n].substr(0, fields[n].find(d.repetition));
-        for (; c > 1; --c) {
-            const std::size_t next = v.find(d.component);
-            if (next == std::string_view::npos)
-                return {};
-            v.remove_prefix(next + 1);
-        }
-        return v.substr(0, v.find(d.component));
     }
 };
 
@@ -99,7 +83,7 @@ outcome::result<message> make_ack(const message& received, ack_code code, const 
     s += d.field;
     s += "ACK";
     s += d.component;
-    s += h.component(9, 2, d);
+    s += h.trigger;
     s += d.component;
     s += "ACK";
     s += d.field;
