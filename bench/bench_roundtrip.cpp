@@ -257,14 +257,33 @@ struct forked_server {
     }
 };
 
-void report_latency(benchmark::State& state, std::vector<double>& us)
+// Messages per second: `per_iteration` messages in each benchmark iteration.
+void report_rate(benchmark::State& state, double per_iteration = 1)
 {
-    if (us.empty())
-        return;
-    std::sort(us.begin(), us.end());
-    state.counters["p50_us"] = us[us.size() / 2];
-    state.counters["p99_us"] = us[us.size() * 99 / 100];
+    state.counters["messages/s"] =
+        benchmark::Counter(static_cast<double>(state.iterations()) * per_iteration, benchmark::Counter::kIsRate);
 }
+
+// The round-trip times of a single-connection benchmark.
+struct latencies {
+    std::vector<double> us;
+
+    latencies() { us.reserve(1 << 20); }
+    void since(std::chrono::steady_clock::time_point t0)
+    {
+        us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    }
+    // messages/s, p50 and p99.
+    void report(benchmark::State& state)
+    {
+        report_rate(state);
+        if (us.empty())
+            return;
+        std::sort(us.begin(), us.end());
+        state.counters["p50_us"] = us[us.size() / 2];
+        state.counters["p99_us"] = us[us.size() * 99 / 100];
+    }
+};
 
 void roundtrip_sequential(benchmark::State& state, bool tls)
 {
@@ -275,14 +294,13 @@ void roundtrip_sequential(benchmark::State& state, bool tls)
     if (tls)
         options.tls = hl7::tls_client_options{.ca_file = certs().ca};
     auto conn = client.connect(server.port(), options).value();
-    std::vector<double> latencies;
-    latencies.reserve(1 << 20);
+    latencies times;
     bool wrong = false;
     run_until_done(ctx, [&]() -> asio::awaitable<void> {
         for (auto _ : state) {
             const auto t0 = std::chrono::steady_clock::now();
             auto ack = co_await conn.send(sample());
-            latencies.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+            times.since(t0);
             if (!ack || !(ack.value().get("MSA.2") == "MSG00001")) {
                 wrong = true;
                 break;
@@ -292,8 +310,7 @@ void roundtrip_sequential(benchmark::State& state, bool tls)
     });
     if (wrong)
         state.SkipWithError("a round trip failed or was answered wrongly");
-    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
-    report_latency(state, latencies);
+    times.report(state);
 }
 
 void roundtrip_raw_baseline(benchmark::State& state)
@@ -303,8 +320,7 @@ void roundtrip_raw_baseline(benchmark::State& state)
     tcp::socket s = raw_client(ctx, server.port());
     const std::string frame = hl7::mllp::encode(sample().str());
     std::string pending, reply;
-    std::vector<double> latencies;
-    latencies.reserve(1 << 20);
+    latencies times;
     for (auto _ : state) {
         const auto t0 = std::chrono::steady_clock::now();
         asio::write(s, asio::buffer(frame));
@@ -312,11 +328,10 @@ void roundtrip_raw_baseline(benchmark::State& state)
             state.SkipWithError("a raw round trip failed");
             break;
         }
-        latencies.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+        times.since(t0);
     }
     s.close();
-    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
-    report_latency(state, latencies);
+    times.report(state);
 }
 
 void roundtrip_asio_baseline(benchmark::State& state)
@@ -325,8 +340,7 @@ void roundtrip_asio_baseline(benchmark::State& state)
     asio::io_context ctx;
     tcp::socket s = asio_client(ctx, server.port());
     const std::string frame = hl7::mllp::encode(sample().str());
-    std::vector<double> latencies;
-    latencies.reserve(1 << 20);
+    latencies times;
     bool wrong = false;
     run_until_done(ctx, [&]() -> asio::awaitable<void> {
         std::string pending, reply;
@@ -336,14 +350,13 @@ void roundtrip_asio_baseline(benchmark::State& state)
                 wrong = true;
                 break;
             }
-            latencies.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+            times.since(t0);
         }
     });
     s.close();
     if (wrong)
         state.SkipWithError("an Asio round trip failed");
-    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
-    report_latency(state, latencies);
+    times.report(state);
 }
 
 // The two halves of roundtrip/sequential, each against the raw baseline's other half: where
@@ -366,7 +379,7 @@ void roundtrip_client_only(benchmark::State& state)
     });
     if (wrong)
         state.SkipWithError("a round trip failed");
-    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+    report_rate(state);
 }
 
 void roundtrip_server_only(benchmark::State& state)
@@ -384,7 +397,7 @@ void roundtrip_server_only(benchmark::State& state)
         }
     }
     s.close();
-    state.counters["messages/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+    report_rate(state);
 }
 
 constexpr int parallel = 8;
@@ -415,8 +428,7 @@ void roundtrip_connections_8(benchmark::State& state)
     }
     if (wrong)
         state.SkipWithError("a round trip failed");
-    state.counters["messages/s"] =
-        benchmark::Counter(static_cast<double>(state.iterations()) * parallel * per_round, benchmark::Counter::kIsRate);
+    report_rate(state, parallel * per_round);
     run_until_done(ctx, client.close());
 }
 
@@ -458,8 +470,7 @@ void roundtrip_connections_8_raw_baseline(benchmark::State& state)
         s.close();
     if (wrong)
         state.SkipWithError("a raw round trip failed");
-    state.counters["messages/s"] =
-        benchmark::Counter(static_cast<double>(state.iterations()) * parallel * per_round, benchmark::Counter::kIsRate);
+    report_rate(state, parallel * per_round);
 }
 
 void roundtrip_connections_8_asio_baseline(benchmark::State& state)
@@ -490,8 +501,7 @@ void roundtrip_connections_8_asio_baseline(benchmark::State& state)
         s.close();
     if (wrong)
         state.SkipWithError("an Asio round trip failed");
-    state.counters["messages/s"] =
-        benchmark::Counter(static_cast<double>(state.iterations()) * parallel * per_round, benchmark::Counter::kIsRate);
+    report_rate(state, parallel * per_round);
 }
 
 std::size_t rss_bytes()
