@@ -2,8 +2,8 @@
 // once, each on its own connection, and the connections are closed once both have answered.
 //
 //     callback HOST ADT_PORT ORU_PORT [SAMPLES_DIR]
-#include <hl7/ack.hpp>
-#include <hl7/connection.hpp>
+#include <hl7/model/ack.hpp>
+#include <hl7/net/client.hpp>
 
 #include <boost/asio/io_context.hpp>
 

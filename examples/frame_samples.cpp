@@ -1,8 +1,8 @@
 // Parses each sample message, prints a few fields, frames it for MLLP and decodes the
 // stream back, checking that every message survives the round trip.
-#include <hl7/ack.hpp>
-#include <hl7/message.hpp>
-#include <hl7/mllp.hpp>
+#include <hl7/model/ack.hpp>
+#include <hl7/model/message.hpp>
+#include <hl7/model/mllp.hpp>
 
 #include <fstream>
 #include <iostream>

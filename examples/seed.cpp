@@ -3,8 +3,8 @@
 // acknowledgement and exits 0 when both were accepted (AA or CA).
 //
 //     seed HOST ADT_PORT ORU_PORT [SAMPLES_DIR]
-#include <hl7/ack.hpp>
-#include <hl7/connection.hpp>
+#include <hl7/model/ack.hpp>
+#include <hl7/net/client.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>

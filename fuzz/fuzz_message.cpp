@@ -2,8 +2,8 @@
 // ACK. Invariants: no crash; every present value lies inside the message; a value written with
 // set() reads back decoded as written; serialised bytes parse to the same serialisation; an
 // ACK's MSA-2 is the message's MSH-10.
-#include <hl7/ack.hpp>
-#include <hl7/message.hpp>
+#include <hl7/model/ack.hpp>
+#include <hl7/model/message.hpp>
 
 #include <cstddef>
 #include <cstdint>

@@ -5,7 +5,7 @@
 // exactly sized heap block so that the sanitizers catch reads past a chunk. Both runs must
 // agree, every frame must fit max_frame and hold no 0x0B or 0x1C, and every frame must come
 // back unchanged from encode() and a fresh decoder.
-#include <hl7/mllp.hpp>
+#include <hl7/model/mllp.hpp>
 
 #include <algorithm>
 #include <cstddef>

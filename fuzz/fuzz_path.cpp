@@ -1,6 +1,6 @@
 // Parses arbitrary text as a path. Invariants: no crash; an accepted path prints as a
 // canonical text that parses back to the same path; a lookup with it never crashes.
-#include <hl7/message.hpp>
+#include <hl7/model/message.hpp>
 
 #include <cstddef>
 #include <cstdint>

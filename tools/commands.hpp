@@ -2,8 +2,8 @@
 // the exit status, or throws failure for an error that ends it (see output.hpp).
 #pragma once
 
-#include <hl7/ack.hpp>
-#include <hl7/mllp.hpp>
+#include <hl7/model/ack.hpp>
+#include <hl7/model/mllp.hpp>
 
 #include <cstddef>
 #include <string>

@@ -3,8 +3,8 @@
 #include "commands.hpp"
 #include "output.hpp"
 
-#include <hl7/message.hpp>
-#include <hl7/mllp.hpp>
+#include <hl7/model/message.hpp>
+#include <hl7/model/mllp.hpp>
 
 #include <cerrno>
 #include <fstream>

@@ -12,7 +12,7 @@
 // then fails to parse; that is how such input is reported.
 #pragma once
 
-#include <hl7/mllp.hpp>
+#include <hl7/model/mllp.hpp>
 
 #include <cstddef>
 #include <deque>

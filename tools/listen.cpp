@@ -3,7 +3,7 @@
 #include "commands.hpp"
 #include "output.hpp"
 
-#include <hl7/server.hpp>
+#include <hl7/net/server.hpp>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>

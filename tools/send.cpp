@@ -6,8 +6,8 @@
 #include "input.hpp"
 #include "output.hpp"
 
-#include <hl7/ack.hpp>
-#include <hl7/connection.hpp>
+#include <hl7/model/ack.hpp>
+#include <hl7/net/client.hpp>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>

@@ -1,5 +1,5 @@
 // The hl7 command line itself: help, version and usage errors.
-#include "tool_util.hpp"
+#include "support/tool_util.hpp"
 
 #include <doctest/doctest.h>
 

@@ -1,6 +1,6 @@
 // The examples, run against the library's own server through `hl7 listen`: one listener
 // for the ADT feed and one for the results feed.
-#include "tool_util.hpp"
+#include "support/tool_util.hpp"
 
 #include <doctest/doctest.h>
 

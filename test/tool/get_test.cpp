@@ -1,5 +1,5 @@
 // `hl7 get`: values by path from files and standard input, decoded or raw, and its errors.
-#include "tool_util.hpp"
+#include "support/tool_util.hpp"
 
 #include <doctest/doctest.h>
 

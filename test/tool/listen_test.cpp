@@ -1,10 +1,10 @@
 // `hl7 listen`: its first line, what it writes for each message, its replies, and its stop.
-#include "async_util.hpp"
-#include "flat_json.hpp"
-#include "tool_util.hpp"
-#include "util.hpp"
+#include "support/async_util.hpp"
+#include "support/flat_json.hpp"
+#include "support/tool_util.hpp"
+#include "support/util.hpp"
 
-#include <hl7/connection.hpp>
+#include <hl7/net/client.hpp>
 
 #include <doctest/doctest.h>
 

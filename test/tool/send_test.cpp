@@ -1,7 +1,7 @@
 // `hl7 send` against `hl7 listen` (and against loopback sockets that refuse or never answer):
 // result lines, exit statuses, JSON output and every accepted input form.
-#include "flat_json.hpp"
-#include "tool_util.hpp"
+#include "support/flat_json.hpp"
+#include "support/tool_util.hpp"
 
 #include <doctest/doctest.h>
 

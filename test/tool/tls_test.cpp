@@ -1,6 +1,6 @@
 // `hl7 send` and `hl7 listen` over TLS and mutual TLS, with certificates made at run time.
-#include "tls_certs.hpp"
-#include "tool_util.hpp"
+#include "support/tls_certs.hpp"
+#include "support/tool_util.hpp"
 
 #include <doctest/doctest.h>
 

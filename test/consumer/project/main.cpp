@@ -2,10 +2,10 @@
 // acknowledges it, and sends it through the client to the library's server on the loopback.
 // Prints what it did; exits 0 when everything worked. Built both through a Meson subproject
 // and through pkg-config (see test/consumer/).
-#include <hl7/ack.hpp>
-#include <hl7/connection.hpp>
-#include <hl7/message.hpp>
-#include <hl7/server.hpp>
+#include <hl7/model/ack.hpp>
+#include <hl7/net/client.hpp>
+#include <hl7/model/message.hpp>
+#include <hl7/net/server.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>

@@ -1,0 +1,400 @@
+// The Asio side of a connection: it owns the socket, the resolver and the one timer, and
+// carries out what connection_core decides. All of it runs on the connection's strand.
+#include "net/connection_impl.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <array>
+#include <random>
+#include <utility>
+
+namespace hl7 {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+
+std::uint64_t random_seed()
+{
+    std::random_device rd;
+    return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+} // namespace
+
+connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
+                       std::shared_ptr<detail::counter_block> counters,
+                       std::shared_ptr<asio::ssl::context> tls_context)
+    : strand_(detail::make_strand(ex)),
+      resolver_(strand_),
+      socket_(strand_),
+      timer_(strand_),
+      host_(std::move(host)),
+      port_(port),
+      options_(std::move(options)),
+      counters_(std::move(counters)),
+      tls_context_(std::move(tls_context)),
+      core_(options_, *counters_, random_seed())
+{
+}
+
+// A handler completes on its associated executor (the strand when it has none). This runs
+// on the strand, so dispatching inline is allowed, except inside the initiating call, where
+// the handler must not run: then it is posted. Dispatching saves a trip through the
+// scheduler per message, and is safe because no public entry point touches the state inline
+// except send, which the core only lets enqueue. A dispatched handler goes straight to its
+// own executor rather than through the strand, which would wrap it once more.
+template <class Signature, class... Args>
+void connection::impl::complete(asio::any_completion_handler<Signature> handler, asio::any_completion_executor ex,
+                                Args... args)
+{
+    handler.get_cancellation_slot().clear();
+    if (initiating_) {
+        asio::post(strand_, asio::append(std::move(handler), std::move(args)...));
+        return;
+    }
+    asio::dispatch(asio::bind_executor(std::move(ex), asio::append(std::move(handler), std::move(args)...)));
+}
+
+void connection::impl::begin()
+{
+    if (!options_.lazy)
+        asio::post(strand_, [self = shared_from_this()] {
+            self->core_.start(detail::clock::now());
+            self->run();
+        });
+}
+
+void connection::impl::run()
+{
+    // Stored first: a completion dispatched below may resume code that reads state().
+    state_.store(core_.state(), std::memory_order_relaxed);
+    detail::connection_core::action a;
+    while (core_.next(a)) {
+        using kind = detail::connection_core::action::kind;
+        switch (a.what) {
+        case kind::connect: connect(a.link); break;
+        case kind::write: write(a.link, a.id); break;
+        case kind::close_socket:
+            if (a.link == open_link_ || a.link == connecting_link_) {
+                boost::system::error_code ignored;
+                resolver_.cancel();
+                socket_.close(ignored);
+                open_link_ = connecting_link_ = 0;
+            }
+            break;
+        case kind::complete: {
+            auto it = find_pending(a.id);
+            if (it != pending_.end()) {
+                auto handler = std::move(it->handler);
+                auto ex = std::move(it->executor);
+                pending_.erase(it);
+                complete(std::move(handler), std::move(ex), a.error, a.take_ack());
+            }
+            break;
+        }
+        case kind::notify:
+            if (options_.observer)
+                options_.observer(a.event().view());
+            break;
+        case kind::arm_timer: arm(a.deadline); break;
+        case kind::closed:
+            // Taken out first: a waiter resumed inline may close again and reach here anew.
+            for (auto& waiter : std::exchange(close_waiters_, {})) {
+                auto ex = asio::get_associated_executor(waiter, strand_);
+                complete(std::move(waiter), std::move(ex));
+            }
+            break;
+        }
+    }
+}
+
+void connection::impl::connect(std::uint64_t link)
+{
+    connecting_link_ = link;
+    auto self = shared_from_this();
+    auto on_connected = [self, link](boost::system::error_code ec, const tcp::endpoint& peer) {
+        if (ec)
+            self->core_.connect_failed(link, ec, detail::clock::now());
+        else if (link == self->connecting_link_)
+            self->secure(link, peer);
+        self->run();
+    };
+    if (host_.kind != host_kind::name) {
+        const std::array<tcp::endpoint, 1> target{tcp::endpoint(asio::ip::make_address(host_.text), port_)};
+        asio::async_connect(socket_, target, std::move(on_connected));
+        return;
+    }
+    resolver_.async_resolve(
+        host_.text, std::to_string(port_),
+        [self, link, on_connected = std::move(on_connected)](boost::system::error_code ec,
+                                                             tcp::resolver::results_type results) mutable {
+            if (link != self->connecting_link_) {
+                self->run(); // the attempt was abandoned (timeout or close)
+                return;
+            }
+            if (ec) {
+                self->core_.connect_failed(link, errc::resolve_failed, detail::clock::now());
+                self->run();
+                return;
+            }
+            asio::async_connect(self->socket_, results, std::move(on_connected));
+        });
+}
+
+// A new stream for each link: the handlers of an earlier one may still hold theirs.
+void connection::impl::secure(std::uint64_t link, const tcp::endpoint& peer)
+{
+    boost::system::error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    stream_ = std::make_shared<detail::stream>(socket_, tls_context_.get());
+    if (!stream_->secure()) {
+        established(link, peer);
+        return;
+    }
+    detail::prepare_client(stream_->native_handle(), *options_.tls, host_);
+    core_.handshaking(link, detail::clock::now());
+    stream_->async_handshake(asio::ssl::stream_base::client, [self = shared_from_this(), link, peer,
+                                                              s = stream_](boost::system::error_code ec) {
+        if (link == self->connecting_link_) {
+            if (ec)
+                self->core_.connect_failed(link, detail::name_tls_error(ec, s->native_handle()), detail::clock::now());
+            else
+                self->established(link, peer);
+        }
+        self->run();
+    });
+}
+
+void connection::impl::established(std::uint64_t link, const tcp::endpoint& peer)
+{
+    connecting_link_ = 0;
+    open_link_ = link;
+    core_.connected(link, peer, detail::clock::now());
+    if (open_link_ == link)
+        read(link);
+}
+
+void connection::impl::read(std::uint64_t link)
+{
+    stream_->async_read_some(asio::buffer(read_buffer_), [self = shared_from_this(), link, s = stream_](
+                                                             boost::system::error_code ec, std::size_t n) {
+        // A TLS alert here names what the handshake could not (TLS 1.3 reports a missing
+        // client certificate only after it).
+        if (ec && ec.category() == asio::error::get_ssl_category())
+            ec = detail::name_tls_error(ec, s->native_handle());
+        if (ec)
+            self->core_.read_failed(link, ec, detail::clock::now());
+        else
+            self->core_.received(link, std::string_view(self->read_buffer_.data(), n), detail::clock::now());
+        // Completions first: a sender resumed by them writes its next message before this
+        // read is issued again, which would only find nothing to read yet.
+        self->run();
+        if (!ec && self->open_link_ == link)
+            self->read(link);
+    });
+}
+
+void connection::impl::write(std::uint64_t link, std::uint64_t id)
+{
+    // The bytes move out of the pending entry: a terminal cancellation may complete (and
+    // erase) the send while the write is still going on.
+    auto it = find_pending(id);
+    writing_ = std::move(it->bytes);
+    static constexpr char start[] = {mllp::start_block};
+    static constexpr char end[] = {mllp::end_block, mllp::carriage_return};
+    const std::string_view body = writing_.bytes();
+    const std::array<asio::const_buffer, 3> frame{asio::buffer(start), asio::buffer(body.data(), body.size()),
+                                                  asio::buffer(end)};
+    // Written at once when the socket takes it all (the common case): the send then goes on
+    // without waiting for a completion to come back through the scheduler.
+    const std::size_t done = stream_->write_now(frame);
+    if (done == asio::buffer_size(frame)) {
+        writing_ = {};
+        core_.written(link, {}, detail::clock::now());
+        return;
+    }
+    stream_->async_write(detail::consume(frame, done), [self = shared_from_this(), link, s = stream_](boost::system::error_code ec, std::size_t) {
+        self->writing_ = {};
+        self->core_.written(link, ec, detail::clock::now());
+        self->run();
+    });
+}
+
+std::deque<connection::impl::pending_send>::iterator connection::impl::find_pending(std::uint64_t id)
+{
+    return std::find_if(pending_.begin(), pending_.end(), [id](const pending_send& p) { return p.id == id; });
+}
+
+void connection::impl::arm(detail::clock::time_point deadline)
+{
+    if (deadline == detail::clock::time_point::max()) {
+        timer_.cancel();
+        return;
+    }
+    timer_.expires_at(deadline);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+        if (ec)
+            return; // re-armed or cancelled
+        self->core_.timer_fired(detail::clock::now());
+        self->run();
+    });
+}
+
+void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completion_handler<send_signature> handler,
+                               bool initiating)
+{
+    const bool outer = std::exchange(initiating_, initiating);
+    static const path control_id_path = path::parse("MSH.10").value();
+    const auto control_id = msg.get(control_id_path);
+    if (!control_id || control_id.value().raw().empty()) {
+        auto ex = asio::get_associated_executor(handler, strand_);
+        complete(std::move(handler), std::move(ex), boost::system::error_code(errc::missing_control_id), message{});
+        initiating_ = outer;
+        return;
+    }
+    std::string id_text(control_id.value().raw());
+    payload p;
+    if (options_.send_hook)
+        p.hooked = options_.send_hook(msg.str());
+    else
+        p.original = std::move(msg);
+    auto ex = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
+    pending_.push_back({id, std::move(handler), std::move(ex), std::move(p)});
+    core_.send(id, std::move(id_text), detail::clock::now());
+    run();
+    initiating_ = outer;
+}
+
+// ---------------------------------------------------------------------------------------
+// connection
+
+connection::connection(std::shared_ptr<impl> i) noexcept
+    : impl_(std::move(i))
+{
+}
+
+connection::connection(connection&&) noexcept = default;
+
+connection& connection::operator=(connection&& other) noexcept
+{
+    if (this != &other) {
+        if (impl_)
+            close_impl(impl_, {});
+        impl_ = std::move(other.impl_);
+    }
+    return *this;
+}
+
+connection::~connection()
+{
+    if (impl_)
+        close_impl(impl_, {});
+}
+
+void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::any_completion_handler<send_signature> handler)
+{
+    const std::uint64_t id = i->next_id_.fetch_add(1, std::memory_order_relaxed);
+    // The slot is assigned here, in the initiating context, where the application also
+    // emits cancellation; the work itself is handed to the strand.
+    auto slot = handler.get_cancellation_slot();
+    if (slot.is_connected()) {
+        slot.assign([w = std::weak_ptr<impl>(i), id](asio::cancellation_type type) {
+            if (auto self = w.lock())
+                asio::post(self->strand_, [self, id, type] {
+                    self->core_.cancel(id, (type & asio::cancellation_type::terminal) != asio::cancellation_type::none,
+                                       detail::clock::now());
+                    self->run();
+                });
+        });
+    }
+    // At once when the caller already runs on the strand (a sender resumed by the previous
+    // ACK, typically): the next message then goes out without a trip through the scheduler.
+    // From anywhere else it is posted (a strand never runs work inline for a caller outside).
+    if (detail::running_in(i->strand_)) {
+        i->enqueue(id, std::move(msg), std::move(handler), true);
+        return;
+    }
+    asio::post(i->strand_, [i, id, msg = std::move(msg), h = std::move(handler)]() mutable {
+        i->enqueue(id, std::move(msg), std::move(h), false);
+    });
+}
+
+void connection::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
+{
+    // Like sends, so that calls made on the strand keep their order.
+    auto close = [i, h = std::move(handler)](bool initiating) mutable {
+        if (h)
+            i->close_waiters_.push_back(std::move(h));
+        const bool outer = std::exchange(i->initiating_, initiating);
+        i->core_.close(detail::clock::now());
+        i->run();
+        i->initiating_ = outer;
+    };
+    if (detail::running_in(i->strand_))
+        close(true);
+    else
+        asio::post(i->strand_, [close = std::move(close)]() mutable { close(false); });
+}
+
+asio::awaitable<outcome::result<message>> connection::send(message msg)
+{
+    // Without a coroutine frame of its own: the awaitable completes straight from the send's
+    // handler, which makes the result of the error and the ACK. The awaiting coroutine's
+    // executor and cancellation slot stay those of the send.
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(outcome::result<message>)>(
+        [i = impl_](auto handler, message m) {
+            auto slot = asio::get_associated_cancellation_slot(handler);
+            auto ex = asio::get_associated_executor(handler);
+            auto to_result = [h = std::move(handler)](boost::system::error_code ec, message ack) mutable {
+                std::move(h)(ec ? outcome::result<message>(ec) : outcome::result<message>(std::move(ack)));
+            };
+            send_impl(i, std::move(m), asio::bind_cancellation_slot(slot, asio::bind_executor(ex, std::move(to_result))));
+        },
+        asio::use_awaitable, std::move(msg));
+}
+
+asio::awaitable<void> connection::close()
+{
+    co_await async_close(asio::use_awaitable);
+}
+
+void connection::start()
+{
+    asio::dispatch(impl_->strand_, [i = impl_] {
+        i->core_.start(detail::clock::now());
+        i->run();
+    });
+}
+
+link_state connection::state() const noexcept
+{
+    return impl_->state_.load(std::memory_order_relaxed);
+}
+
+connection_counters connection::counters() const noexcept
+{
+    return impl_->counters_->snapshot();
+}
+
+std::uint16_t connection::port() const noexcept
+{
+    return impl_->port_;
+}
+
+connection::executor_type connection::get_executor() const noexcept
+{
+    return impl_->strand_;
+}
+
+} // namespace hl7

@@ -1,0 +1,87 @@
+// The state behind a connection handle (see connection.cpp).
+#pragma once
+
+#include "core/connection_core.hpp"
+#include "net/strand.hpp"
+#include "net/tls.hpp"
+
+#include <hl7/net/client.hpp>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <string>
+#include <deque>
+#include <vector>
+
+namespace hl7 {
+
+struct connection::impl : std::enable_shared_from_this<connection::impl> {
+    // What goes on the wire for one send: the message itself (no copy) or what the send
+    // hook made of it.
+    struct payload {
+        message original;
+        std::string hooked;
+        std::string_view bytes() const noexcept { return hooked.empty() ? original.str() : std::string_view(hooked); }
+    };
+    struct pending_send {
+        std::uint64_t id;
+        boost::asio::any_completion_handler<send_signature> handler;
+        // The handler's executor, counting work so that it does not run out while the send
+        // is pending; the handler completes on it.
+        boost::asio::any_completion_executor executor;
+        payload bytes;
+    };
+
+    impl(boost::asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
+         std::shared_ptr<detail::counter_block> counters, std::shared_ptr<boost::asio::ssl::context> tls_context);
+
+    /// Starts connecting unless the connection is lazy.
+    void begin();
+    /// Completes `handler`, whose associated executor is `ex`, with `args` (see connection.cpp).
+    template <class Signature, class... Args>
+    void complete(boost::asio::any_completion_handler<Signature> handler, boost::asio::any_completion_executor ex,
+                  Args... args);
+    /// Carries out every action the core has.
+    void run();
+    void connect(std::uint64_t link);
+    /// The TCP connection of `link` is up: on to the TLS handshake, if any.
+    void secure(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer);
+    void established(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer);
+    void read(std::uint64_t link);
+    void write(std::uint64_t link, std::uint64_t id);
+    void arm(detail::clock::time_point deadline);
+    /// `initiating`: called inside async_send itself, where no handler may complete inline.
+    void enqueue(std::uint64_t id, message msg, boost::asio::any_completion_handler<send_signature> handler,
+                 bool initiating);
+
+    const boost::asio::any_io_executor strand_; // made by detail::make_strand
+    boost::asio::ip::tcp::resolver resolver_;
+    boost::asio::ip::tcp::socket socket_;
+    std::shared_ptr<detail::stream> stream_; // the socket, or TLS over it, of the latest link
+    boost::asio::steady_timer timer_;
+    const hl7::host host_;
+    const std::uint16_t port_;
+    const connection_options options_;
+    const std::shared_ptr<detail::counter_block> counters_;
+    const std::shared_ptr<boost::asio::ssl::context> tls_context_; // null: plaintext
+    detail::connection_core core_;
+    std::atomic<link_state> state_{link_state::idle};
+    std::atomic<std::uint64_t> next_id_{1};
+    // Sends not yet completed, in the order they were queued; they complete in that order
+    // but for cancellations and immediate failures, so the one sought is nearly always first.
+    std::deque<pending_send> pending_;
+    std::deque<pending_send>::iterator find_pending(std::uint64_t id);
+    std::vector<boost::asio::any_completion_handler<void()>> close_waiters_;
+    payload writing_;                  // the bytes of the write in progress
+    bool initiating_ = false;          // inside an async_send call: completions must be posted
+    std::uint64_t connecting_link_ = 0; // the link whose connect is in progress
+    std::uint64_t open_link_ = 0;       // the link the open socket belongs to
+    std::array<char, 4096> read_buffer_{}; // ACKs are small; a larger reply is gathered by the decoder
+};
+
+} // namespace hl7

@@ -1,0 +1,920 @@
+// The client against in-process loopback peers, well-behaved and not. In every test each
+// message ends acknowledged or with a named error, none silently lost, none written twice.
+#include <hl7/model/ack.hpp>
+#include <hl7/net/client.hpp>
+#include <hl7/net/server.hpp>
+
+#include "support/async_util.hpp"
+#include "support/peer.hpp"
+#include "support/checks.hpp"
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <future>
+#include <mutex>
+#include <set>
+#include <thread>
+
+using namespace std::chrono_literals;
+namespace asio = boost::asio;
+using hl7::errc;
+using hl7::message;
+using hl7::test::peer;
+using hl7::test::peer_link;
+using hl7::test::fresh;
+using hl7::test::run_async;
+using hl7::test::sleep_for;
+
+namespace {
+
+std::string control_id(const message& m)
+{
+    return std::string(m.get("MSH.10").value().raw());
+}
+
+// Options that make the tests fast: short timeouts, quick reconnects, no jitter.
+hl7::connection_options quick()
+{
+    hl7::connection_options o;
+    o.connect_timeout = 2s;
+    o.ack_timeout = 2s;
+    o.reconnect = {.max_attempts = 10, .initial = 20ms, .max = 200ms, .factor = 2.0, .jitter = 0};
+    return o;
+}
+
+hl7::client make_client(asio::any_io_executor ex, const char* host = "127.0.0.1")
+{
+    auto c = hl7::client::create(std::move(ex), {.host = host, .defaults = quick()});
+    REQUIRE(c.has_value());
+    return std::move(c).value();
+}
+
+// Waits for a use_future result without blocking the io_context's thread.
+template <class T>
+asio::awaitable<T> ready(std::future<T>& f)
+{
+    while (f.wait_for(0s) != std::future_status::ready)
+        co_await sleep_for(2ms);
+    co_return f.get();
+}
+
+// Events seen by an observer, recorded as owned copies.
+struct recorder {
+    struct entry {
+        hl7::event::kind what;
+        std::uint32_t attempt;
+        std::chrono::milliseconds delay;
+        boost::system::error_code error;
+        std::string control_id;
+        std::string ack_code;
+    };
+    std::mutex mutex;
+    std::vector<entry> events;
+
+    std::function<void(const hl7::event&)> observer()
+    {
+        return [this](const hl7::event& e) {
+            std::lock_guard lock(mutex);
+            events.push_back({e.what, e.attempt, e.delay, e.error, std::string(e.control_id), std::string(e.ack_code)});
+        };
+    }
+    std::vector<entry> of(hl7::event::kind k)
+    {
+        std::lock_guard lock(mutex);
+        std::vector<entry> out;
+        std::copy_if(events.begin(), events.end(), std::back_inserter(out), [k](const entry& e) { return e.what == k; });
+        return out;
+    }
+};
+
+} // namespace
+
+TEST_CASE("a message sent through the client gets its ACK from the library's server")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto server = hl7::server::create(ex, {.host = "127.0.0.1", .port = 0}).value();
+        auto client = make_client(ex);
+        auto adt = client.connect(server.local_endpoint().port()).value();
+        message msg = fresh();
+        const std::string id = control_id(msg);
+        auto ack = co_await adt.send(std::move(msg));
+        REQUIRE(ack.has_value());
+        CHECK(ack.value().get("MSA.2") == id);
+        CHECK(ack.value().get("MSA.1") == "CA"); // the ADT sample asks for enhanced mode
+        CHECK(hl7::accepted(ack.value()));
+        CHECK(adt.counters().sent == 1);
+        CHECK(adt.counters().acknowledged == 1);
+        CHECK(adt.state() == hl7::link_state::connected);
+        co_await adt.close();
+        CHECK(adt.state() == hl7::link_state::closed);
+        co_await server.async_stop(asio::use_awaitable);
+    });
+}
+
+TEST_CASE("one client sends on two ports of the same host independently")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer adt_peer(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        peer oru_peer(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto adt = client.connect(adt_peer.port()).value();
+        auto oru = client.connect(oru_peer.port()).value();
+        for (int i = 0; i < 3; ++i) {
+            CHECK((co_await adt.send(fresh())).has_value());
+            CHECK((co_await oru.send(fresh("oru_r01.hl7"))).has_value());
+        }
+        CHECK(adt_peer.received().size() == 3);
+        CHECK(oru_peer.received().size() == 3);
+        CHECK(client.counters().sent == 6);
+        CHECK(client.counters().acknowledged == 6);
+        co_await client.close();
+        CHECK(adt.state() == hl7::link_state::closed);
+        CHECK(oru.state() == hl7::link_state::closed);
+    });
+}
+
+TEST_CASE("every completion token works: callback, deferred, use_awaitable and use_future")
+{
+    asio::io_context ctx;
+    peer p(ctx.get_executor(), [](peer_link& l, std::size_t) { return l.serve(); });
+    auto client = make_client(ctx.get_executor());
+    auto conn = client.connect(p.port()).value();
+
+    std::atomic<int> done{0};
+    std::atomic<bool> callback_ok{false}, deferred_ok{false}, awaited_ok{false};
+    conn.async_send(fresh(), [&](boost::system::error_code ec, message ack) {
+        callback_ok = !ec && ack.get("MSA.1") == "CA";
+        ++done;
+    });
+    auto op = conn.async_send(fresh(), asio::deferred);
+    std::move(op)([&](boost::system::error_code ec, message ack) {
+        deferred_ok = !ec && ack.get("MSA.1") == "CA";
+        ++done;
+    });
+    std::future<message> future = conn.async_send(fresh(), asio::use_future);
+    asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
+        message ack = co_await conn.async_send(fresh(), asio::use_awaitable);
+        auto via_default = co_await conn.async_send(fresh()); // the default token is deferred
+        awaited_ok = ack.get("MSA.1") == "CA" && via_default.get("MSA.1") == "CA";
+        ++done;
+    }, asio::detached);
+    std::thread runner([&] { ctx.run_for(5s); });
+    CHECK(future.wait_for(5s) == std::future_status::ready);
+    CHECK(future.get().get("MSA.1") == "CA");
+    for (int i = 0; i < 500 && done < 3; ++i)
+        std::this_thread::sleep_for(10ms);
+    ctx.stop();
+    runner.join();
+    CHECK(callback_ok);
+    CHECK(deferred_ok);
+    CHECK(awaited_ok);
+}
+
+TEST_CASE("concurrent senders on a multi-threaded io_context are all answered, each once")
+{
+    run_async(
+        []() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+            auto client = make_client(ex);
+            auto conn = client.connect(p.port()).value();
+            constexpr int senders = 8, each = 40;
+            std::atomic<int> ok{0}, finished{0};
+            std::mutex mutex;
+            std::vector<std::string> sent;
+            asio::steady_timer all_done(ex, std::chrono::steady_clock::time_point::max());
+            for (int s = 0; s < senders; ++s) {
+                asio::co_spawn(asio::make_strand(ex), [&]() -> asio::awaitable<void> {
+                    for (int i = 0; i < each; ++i) {
+                        message m = fresh();
+                        {
+                            std::lock_guard lock(mutex);
+                            sent.push_back(control_id(m));
+                        }
+                        auto ack = co_await conn.send(std::move(m));
+                        ok += ack.has_value() ? 1 : 0;
+                    }
+                    if (++finished == senders)
+                        all_done.cancel();
+                }, asio::detached);
+            }
+            co_await all_done.async_wait(asio::as_tuple(asio::use_awaitable));
+            CHECK(ok == senders * each);
+            CHECK(conn.counters().sent == senders * each);
+            CHECK(conn.counters().acknowledged == senders * each);
+            std::vector<std::string> got = p.received();
+            CHECK(got.size() == std::size_t{senders * each});
+            std::set<std::string> unique(got.begin(), got.end());
+            CHECK(unique.size() == got.size());
+            co_await conn.close();
+        },
+        20s, 4);
+}
+
+TEST_CASE("concurrent senders are served in the order they queued")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            co_await sleep_for(100ms); // let the queue fill before answering anything
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        std::vector<std::string> order;
+        std::vector<std::future<message>> futures;
+        for (int i = 0; i < 10; ++i) {
+            message m = fresh();
+            order.push_back(control_id(m));
+            futures.push_back(conn.async_send(std::move(m), asio::use_future));
+        }
+        for (std::size_t i = 0; i < futures.size(); ++i)
+            CHECK((co_await ready(futures[i])).get("MSA.2") == order[i]);
+        CHECK(p.received() == order);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("the peer closing mid-frame fails the message in flight and the next goes out after reconnecting")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                auto m = co_await l.read_message();
+                const std::string ack = peer_link::ack_bytes(*m);
+                co_await l.write(std::string_view(ack).substr(0, ack.size() / 2));
+                l.close();
+                co_return;
+            }
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::connection_lost);
+        auto second = co_await conn.send(fresh());
+        CHECK(second.has_value());
+        CHECK(p.accepted() == 2);
+        CHECK(p.received().size() == 2);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a peer that never answers times the message out, and the connection recovers")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                while (co_await l.read_message()) {
+                } // read, never answer
+                co_return;
+            }
+            co_await l.serve();
+        });
+        recorder events;
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 300ms;
+        options.observer = events.observer();
+        auto conn = client.connect(p.port(), options).value();
+        const auto started = std::chrono::steady_clock::now();
+        auto first = co_await conn.send(fresh());
+        const auto waited = std::chrono::steady_clock::now() - started;
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::ack_timeout);
+        CHECK(waited >= 300ms);
+        CHECK(events.of(hl7::event::kind::timed_out).size() == 1);
+        auto second = co_await conn.send(fresh());
+        CHECK(second.has_value());
+        CHECK(p.accepted() == 2);
+        CHECK(conn.counters().timed_out == 1);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("an ACK that arrives after the timeout is never taken as the answer to the next message")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto first_id = std::make_shared<std::string>();
+        peer p(ex, [first_id](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                auto m = co_await l.read_message();
+                *first_id = control_id(*m);
+                co_await sleep_for(400ms);
+                co_await l.reply(*m); // too late: the client has reset this link
+                co_return;
+            }
+            // On the new link the late ACK comes again, before the right one.
+            auto m = co_await l.read_message();
+            const std::string late = peer_link::ack_bytes_for(*first_id);
+            co_await l.write(late);
+            co_await l.reply(*m);
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 200ms;
+        auto conn = client.connect(p.port(), options).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::ack_timeout);
+        message second = fresh();
+        const std::string second_id = control_id(second);
+        auto ack = co_await conn.send(std::move(second));
+        REQUIRE(ack.has_value());
+        CHECK(ack.value().get("MSA.2") == second_id);
+        CHECK(conn.counters().discarded == 1);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("an ACK with the wrong MSA-2 is a mismatch and the link is reset")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                co_await l.read_message();
+                const std::string wrong = peer_link::ack_bytes_for("NOT-YOURS");
+                co_await l.write(wrong);
+                co_await l.drain(); // until the client drops the link
+                co_return;
+            }
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::ack_mismatch);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.accepted() == 2);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("AE and AR acknowledgements are returned, and accepted() names them")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            auto a = co_await l.read_message();
+            const std::string ae = peer_link::ack_bytes(*a, hl7::ack_code::error, {.text = "no bed", .error_code = 206});
+            co_await l.write(ae);
+            auto b = co_await l.read_message();
+            const std::string ar = peer_link::ack_bytes(*b, hl7::ack_code::reject, {.error_text = "unknown patient"});
+            co_await l.write(ar);
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        auto ae = co_await conn.send(fresh());
+        REQUIRE(ae.has_value());
+        CHECK(ae.value().get("MSA.1") == "CE");
+        auto nack = hl7::accepted(ae.value());
+        REQUIRE(nack.has_error());
+        CHECK(nack.error().code == hl7::ack_errc::application_error);
+        CHECK(nack.error().text == "no bed; Application record locked");
+        auto ar = co_await conn.send(fresh());
+        REQUIRE(ar.has_value());
+        CHECK(ar.value().get("MSA.1") == "CR");
+        CHECK(hl7::accepted(ar.value()).error().code == hl7::ack_errc::application_reject);
+        CHECK(hl7::accepted(ar.value()).error().text == "unknown patient");
+        CHECK(conn.counters().rejected == 2);
+        CHECK(conn.counters().acknowledged == 0);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a refused connection backs off with growing delays and gives up after the maximum attempts")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        const auto port = hl7::test::closed_port(ex);
+        recorder events;
+        auto client = make_client(ex);
+        auto options = quick();
+        options.reconnect = {.max_attempts = 5, .initial = 10ms, .max = 1s, .factor = 2.0, .jitter = 0};
+        options.observer = events.observer();
+        auto conn = client.connect(port, options).value();
+        auto result = co_await conn.send(fresh());
+        REQUIRE(result.has_error());
+        CHECK(result.error() == errc::not_connected);
+        CHECK(conn.state() == hl7::link_state::failed);
+        auto scheduled = events.of(hl7::event::kind::reconnect_scheduled);
+        REQUIRE(scheduled.size() == 4);
+        for (std::size_t i = 0; i < scheduled.size(); ++i) {
+            CHECK(scheduled[i].delay == std::chrono::milliseconds(10 << i));
+            CHECK(scheduled[i].error == asio::error::connection_refused);
+        }
+        auto gave_up = events.of(hl7::event::kind::gave_up);
+        REQUIRE(gave_up.size() == 1);
+        CHECK(gave_up[0].attempt == 5);
+        CHECK(events.of(hl7::event::kind::connecting).size() == 5);
+        // Later sends fail at once, until the application starts the connection again.
+        auto later = co_await conn.send(fresh());
+        CHECK(later.error() == errc::not_connected);
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); }, "127.0.0.1", port);
+        conn.start();
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("messages queued while the peer restarts go out after reconnecting, in order")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto first = std::make_unique<peer>(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        const auto port = first->port();
+        auto client = make_client(ex);
+        auto options = quick();
+        options.reconnect.max_attempts = 0;
+        auto conn = client.connect(port, options).value();
+        CHECK((co_await conn.send(fresh())).has_value());
+        first.reset(); // the peer goes down
+        while (conn.state() == hl7::link_state::connected)
+            co_await sleep_for(2ms);
+        std::vector<std::string> order;
+        std::vector<std::future<message>> futures;
+        for (int i = 0; i < 5; ++i) {
+            message m = fresh();
+            order.push_back(control_id(m));
+            futures.push_back(conn.async_send(std::move(m), asio::use_future));
+        }
+        co_await sleep_for(150ms);
+        peer second(ex, [](peer_link& l, std::size_t) { return l.serve(); }, "127.0.0.1", port);
+        for (auto& f : futures)
+            CHECK((co_await ready(f)).get("MSA.1") == "CA");
+        CHECK(second.received() == order);
+        CHECK(conn.counters().reconnects == 1);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a peer that half-closes is noticed at once and the message in flight is not left waiting")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                co_await l.read_message();
+                boost::system::error_code ignored;
+                l.socket.shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
+                co_await l.drain();
+                co_return;
+            }
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 5s;
+        auto conn = client.connect(p.port(), options).value();
+        const auto started = std::chrono::steady_clock::now();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::connection_lost);
+        CHECK(std::chrono::steady_clock::now() - started < 2s);
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a link the peer drops while idle is noticed and reopened before the next send")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                l.close();
+                co_return;
+            }
+            co_await l.serve();
+        });
+        recorder events;
+        auto client = make_client(ex);
+        auto options = quick();
+        options.observer = events.observer();
+        auto conn = client.connect(p.port(), options).value();
+        for (int i = 0; i < 200 && p.accepted() < 2; ++i)
+            co_await sleep_for(5ms);
+        CHECK(p.accepted() == 2);
+        CHECK(events.of(hl7::event::kind::disconnected).size() == 1);
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("garbage bytes between frames are skipped")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            while (auto m = co_await l.read_message()) {
+                const std::string noisy = "\r\nnoise\x01\x02" + peer_link::ack_bytes(*m) + "\n\x7f";
+                co_await l.write(noisy);
+            }
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        for (int i = 0; i < 3; ++i)
+            CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(conn.counters().discarded == 0);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("an oversized reply frame fails the message with frame_too_large")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                co_await l.read_message();
+                const std::string oversized = "\x0b" + std::string(4096, 'x') + "\x1c\r";
+                co_await l.write(oversized);
+                co_await l.drain();
+                co_return;
+            }
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.max_frame = 1024;
+        auto conn = client.connect(p.port(), options).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::frame_too_large);
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a reply written one byte at a time is read whole")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            while (auto m = co_await l.read_message()) {
+                const std::string ack = peer_link::ack_bytes(*m);
+                co_await l.write_bytewise(ack);
+            }
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        for (int i = 0; i < 2; ++i)
+            CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("the right reply and a stray one in one write: the next message still gets its own ACK")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            auto m = co_await l.read_message();
+            const std::string both = peer_link::ack_bytes(*m) + peer_link::ack_bytes_for("STRAY");
+            co_await l.write(both);
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        CHECK((co_await conn.send(fresh())).has_value());
+        message second = fresh();
+        const std::string id = control_id(second);
+        auto ack = co_await conn.send(std::move(second));
+        REQUIRE(ack.has_value());
+        CHECK(ack.value().get("MSA.2") == id);
+        CHECK(conn.counters().discarded == 1);
+        CHECK(p.accepted() == 1);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a reply that is not an ACK is a garbled ACK")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                co_await l.read_message();
+                const std::string garbled = hl7::mllp::encode("this is not HL7");
+                co_await l.write(garbled);
+                co_await l.drain();
+                co_return;
+            }
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::garbled_ack);
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a DNS name that does not resolve is a named error and counts as a failed attempt")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        recorder events;
+        auto client = make_client(ex, "does-not-exist.invalid");
+        auto options = quick();
+        options.connect_timeout = 5s;
+        options.reconnect.max_attempts = 2;
+        options.observer = events.observer();
+        auto conn = client.connect(2575, options).value();
+        auto result = co_await conn.send(fresh());
+        REQUIRE(result.has_error());
+        CHECK(result.error() == errc::not_connected);
+        auto gave_up = events.of(hl7::event::kind::gave_up);
+        REQUIRE(gave_up.size() == 1);
+        CHECK(gave_up[0].error == errc::resolve_failed);
+        CHECK(gave_up[0].attempt == 2);
+    }, 15s);
+}
+
+TEST_CASE("a DNS name that resolves to the loopback works")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex, "localhost");
+        CHECK(client.host().kind == hl7::host_kind::name);
+        auto conn = client.connect(p.port()).value();
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("the IPv6 loopback works")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        std::unique_ptr<peer> p;
+        try {
+            p = std::make_unique<peer>(ex, [](peer_link& l, std::size_t) { return l.serve(); }, "::1");
+        } catch (const std::exception& e) {
+            MESSAGE("IPv6 loopback unavailable here: " << e.what());
+            co_return;
+        }
+        auto client = make_client(ex, "[::1]");
+        CHECK(client.host().kind == hl7::host_kind::ipv6);
+        auto conn = client.connect(p->port()).value();
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("bad hosts and ports are named errors before any I/O")
+{
+    asio::io_context ctx;
+    for (const char* host : {"", "999.1.1.1", "bad_host", "[hl7.example.org]", "2001:db8:::1"}) {
+        auto c = hl7::client::create(ctx.get_executor(), {.host = host});
+        REQUIRE(c.has_error());
+        CHECK(c.error() == errc::invalid_host);
+    }
+    auto client = make_client(ctx.get_executor());
+    for (int port : {0, -1, 65536, 100000}) {
+        auto conn = client.connect(port);
+        REQUIRE(conn.has_error());
+        CHECK(conn.error() == errc::invalid_port);
+    }
+    CHECK(ctx.poll() == 0);
+}
+
+TEST_CASE("close fails queued messages, lets the one in flight get its ACK, and never reconnects")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(150); });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        auto in_flight = conn.async_send(fresh(), asio::use_future);
+        auto queued = conn.async_send(fresh(), asio::use_future);
+        co_await sleep_for(50ms);
+        co_await conn.close();
+        CHECK(conn.state() == hl7::link_state::closed);
+        CHECK((co_await ready(in_flight)).get("MSA.1") == "CA");
+        CHECK_THROWS(queued.get());
+        auto after = co_await conn.send(fresh());
+        CHECK(after.error() == errc::closed);
+        co_await conn.close(); // idempotent
+        co_await sleep_for(100ms);
+        CHECK(p.accepted() == 1);
+        CHECK(p.received().size() == 1);
+    });
+}
+
+TEST_CASE("a queued message can be cancelled and is never sent")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(100); });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        auto first = conn.async_send(fresh(), asio::use_future);
+        asio::cancellation_signal signal;
+        boost::system::error_code cancelled_ec;
+        bool done = false;
+        message victim = fresh();
+        const std::string victim_id = control_id(victim);
+        conn.async_send(std::move(victim), asio::bind_cancellation_slot(signal.slot(), [&](boost::system::error_code ec, message) {
+                            cancelled_ec = ec;
+                            done = true;
+                        }));
+        co_await sleep_for(20ms);
+        signal.emit(asio::cancellation_type::total);
+        while (!done)
+            co_await sleep_for(5ms);
+        CHECK(cancelled_ec == asio::error::operation_aborted);
+        CHECK((co_await ready(first)).get("MSA.1") == "CA");
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(std::find(p.received().begin(), p.received().end(), victim_id) == p.received().end());
+        CHECK(p.received().size() == 2);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a full queue refuses messages with queue_full, and queued messages time out while disconnected")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto client = make_client(ex);
+        auto options = quick();
+        options.queue_limit = 2;
+        options.queue_timeout = 200ms;
+        options.reconnect.max_attempts = 0;
+        auto conn = client.connect(hl7::test::closed_port(ex), options).value();
+        auto a = conn.async_send(fresh(), asio::use_future);
+        auto b = conn.async_send(fresh(), asio::use_future);
+        auto c = co_await conn.send(fresh());
+        REQUIRE(c.has_error());
+        CHECK(c.error() == errc::queue_full);
+        for (auto* f : {&a, &b}) {
+            try {
+                co_await ready(*f);
+                FAIL("expected queue_timeout");
+            } catch (const boost::system::system_error& e) {
+                CHECK(e.code() == errc::queue_timeout);
+            }
+        }
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a lazy connection connects only when the first message is sent")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.lazy = true;
+        auto conn = client.connect(p.port(), options).value();
+        co_await sleep_for(50ms);
+        CHECK(p.accepted() == 0);
+        CHECK(conn.state() == hl7::link_state::idle);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.accepted() == 1);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a message without MSH-10 is refused unsent")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        auto r = co_await conn.send(message::parse(std::string_view("MSH|^~\\&|A|B\rPID|1\r")).value());
+        REQUIRE(r.has_error());
+        CHECK(r.error() == errc::missing_control_id);
+        CHECK(conn.counters().sent == 0);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a send that fails at once never completes inside the call that started it")
+{
+    // Started from a handler of the io_context (not of the connection's strand) and from one
+    // on the strand: in neither may the callback run before async_send returns.
+    asio::io_context ctx;
+    peer p(ctx.get_executor(), [](peer_link& l, std::size_t) { return l.serve(); });
+    auto client = make_client(ctx.get_executor());
+    auto conn = client.connect(p.port()).value();
+    const message unnamed = message::parse(std::string_view("MSH|^~\\&|A|B\rPID|1\r")).value();
+    int completed = 0;
+    bool inside = false;
+    auto start = [&] {
+        inside = true;
+        conn.async_send(unnamed, [&](boost::system::error_code ec, const message&) {
+            CHECK_FALSE(inside);
+            CHECK(ec == errc::missing_control_id);
+            ++completed;
+        });
+        inside = false;
+    };
+    asio::post(ctx, start);
+    asio::post(conn.get_executor(), start);
+    for (int i = 0; i < 500 && completed < 2; ++i)
+        ctx.run_for(10ms);
+    CHECK(completed == 2);
+}
+
+TEST_CASE("send and receive hooks transform what goes on the wire")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto flip = [](std::string_view s) {
+            std::string out(s);
+            std::reverse(out.begin(), out.end());
+            return out;
+        };
+        peer p(ex, [flip](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            while (auto frame = co_await l.read_frame()) {
+                auto m = message::parse(flip(*frame));
+                REQUIRE(m.has_value());
+                const std::string flipped = hl7::mllp::encode(flip(hl7::make_ack(m.value(), hl7::ack_code::accept).value().str()));
+                co_await l.write(flipped);
+            }
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.send_hook = flip;
+        options.receive_hook = flip;
+        auto conn = client.connect(p.port(), options).value();
+        auto ack = co_await conn.send(fresh());
+        REQUIRE(ack.has_value());
+        CHECK(ack.value().get("MSA.1") == "CA");
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("the observer sees a connection's life and each message's round trip")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        recorder events;
+        auto client = make_client(ex);
+        auto options = quick();
+        options.observer = events.observer();
+        auto conn = client.connect(p.port(), options).value();
+        message m = fresh();
+        const std::string id = control_id(m);
+        CHECK((co_await conn.send(std::move(m))).has_value());
+        co_await conn.close();
+        std::vector<hl7::event::kind> kinds;
+        for (const auto& e : events.events)
+            kinds.push_back(e.what);
+        using k = hl7::event::kind;
+        CHECK(kinds == std::vector<k>{k::connecting, k::connected, k::sent, k::acknowledged, k::closed});
+        auto acked = events.of(k::acknowledged);
+        REQUIRE(acked.size() == 1);
+        CHECK(acked[0].control_id == id);
+        CHECK(acked[0].ack_code == "CA");
+    });
+}
+
+TEST_CASE("destroying a connection handle closes the connection")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto closed = std::make_shared<bool>(false);
+        peer p(ex, [closed](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            co_await l.serve();
+            *closed = true;
+        });
+        auto client = make_client(ex);
+        {
+            auto conn = client.connect(p.port()).value();
+            CHECK((co_await conn.send(fresh())).has_value());
+        }
+        for (int i = 0; i < 200 && !*closed; ++i)
+            co_await sleep_for(5ms);
+        CHECK(*closed);
+        CHECK(client.counters().sent == 1);
+        CHECK(client.counters().acknowledged == 1);
+    });
+}
