@@ -59,15 +59,15 @@ int main(int argc, char** argv)
         // Everything below runs on ctx's one thread: no locking needed.
         int answered = 0, accepted = 0;
         auto on_ack = [&](const char* feed, std::string control_id) {
-            return [&, feed, control_id](boost::system::error_code ec, hl7::message ack) {
+            return [&, feed, control_id](boost::system::error_code ec, hl7::ack ack) {
                 std::cout << feed << ' ' << control_id << ": ";
                 if (ec) {
                     std::cout << "failed: " << ec.message() << '\n';
-                } else if (ack.get("MSA.1") == "AA" || ack.get("MSA.1") == "CA") {
-                    std::cout << ack.get("MSA.1").value().raw() << " (accepted)\n";
+                } else if (ack.accepted()) {
+                    std::cout << to_string(ack.code()) << " (accepted)\n";
                     ++accepted;
                 } else {
-                    std::cout << ack.get("MSA.1").value().raw() << " (not accepted)\n";
+                    std::cout << to_string(ack.code()) << " (not accepted)\n";
                 }
                 if (++answered == 2) {
                     // Both answered: close both; the io_context runs out of work afterwards.
@@ -78,8 +78,8 @@ int main(int argc, char** argv)
         };
         hl7::message admission = load(samples + "/adt_a01.hl7");
         hl7::message results = load(samples + "/oru_r01.hl7");
-        const std::string adt_id(admission.get("MSH.10").value().raw());
-        const std::string oru_id(results.get("MSH.10").value().raw());
+        const std::string adt_id(admission.control_id());
+        const std::string oru_id(results.control_id());
         adt.value().async_send(std::move(admission), on_ack("ADT", adt_id));
         oru.value().async_send(std::move(results), on_ack("ORU", oru_id));
         ctx.run();

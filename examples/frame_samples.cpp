@@ -38,15 +38,12 @@ int main(int argc, char** argv)
     hl7::mllp::decoder decoder;
     decoder.feed(stream);
     std::size_t n = 0;
-    for (;;) {
-        auto frame = decoder.next();
-        if (!frame) {
-            if (frame.error() == hl7::errc::need_more)
-                break;
-            std::cerr << "decode: " << frame.error().message() << '\n';
+    while (auto frame = decoder.next()) {
+        if (!*frame) {
+            std::cerr << "decode: " << frame->error().message() << '\n';
             return 1;
         }
-        if (n >= originals.size() || frame.value() != originals[n]) {
+        if (n >= originals.size() || frame->value() != originals[n]) {
             std::cerr << "frame " << n + 1 << " does not match its message\n";
             return 1;
         }

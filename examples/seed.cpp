@@ -34,15 +34,15 @@ hl7::message load(const std::string& file)
 }
 
 // Prints what became of one message; true when it was accepted.
-bool report(const char* feed, const hl7::message& sent, const hl7::outcome::result<hl7::message>& ack)
+bool report(const char* feed, const hl7::message& sent, const hl7::outcome::result<hl7::ack>& ack)
 {
-    std::cout << feed << ' ' << sent.get("MSH.10").value().raw() << ": ";
+    std::cout << feed << ' ' << sent.control_id() << ": ";
     if (!ack) {
         std::cout << "failed: " << ack.error().message() << '\n';
         return false;
     }
-    const bool accepted = ack.value().get("MSA.1") == "AA" || ack.value().get("MSA.1") == "CA";
-    std::cout << ack.value().get("MSA.1").value().raw() << (accepted ? " (accepted)" : " (not accepted)") << '\n';
+    const bool accepted = ack.value().accepted();
+    std::cout << to_string(ack.value().code()) << (accepted ? " (accepted)" : " (not accepted)") << '\n';
     return accepted;
 }
 

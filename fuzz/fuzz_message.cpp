@@ -29,10 +29,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         (void)m.count(p);
     }
-    if (auto ack = hl7::make_ack(m, hl7::ack_code::error, {.text = bytes.substr(0, 24)})) {
-        auto control_id = m.get("MSH.10");
-        const std::string_view sent = control_id ? control_id.value().raw() : std::string_view{};
+    if (auto ack = hl7::make_ack(m, hl7::verdict::error, {.text = bytes.substr(0, 24)})) {
+        const std::string_view sent = m.control_id();
         if (!(ack.value().get("MSA.2") == sent) && !(sent.empty() && !ack.value().get("MSA.2").value().present()))
+            __builtin_trap();
+        // What the library builds, it reads back: the code, and the control id it answers.
+        auto read = hl7::ack::read(ack.value());
+        if (!sent.empty() && (!read || read.value().control_id() != sent ||
+                              read.value().verdict() != hl7::verdict::error))
             __builtin_trap();
     }
     hl7::message edited = m;

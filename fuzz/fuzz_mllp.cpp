@@ -38,19 +38,16 @@ void check(bool ok)
 
 void drain(hl7::mllp::decoder& decoder, run& out)
 {
-    for (;;) {
-        auto frame = decoder.next();
-        if (frame) {
-            const std::string_view payload = frame.value();
+    while (auto frame = decoder.next()) {
+        if (*frame) {
+            const std::string_view payload = frame->value();
             check(payload.size() <= decoder.max_frame());
             check(payload.find_first_of("\x0b\x1c") == std::string_view::npos);
             out.events.emplace_back(std::string(payload));
             continue;
         }
-        if (frame.error() == hl7::errc::need_more)
-            return;
-        check(frame.error() == hl7::errc::frame_too_large || frame.error() == hl7::errc::malformed_frame);
-        out.events.emplace_back(frame.error().value());
+        check(frame->error() == hl7::errc::frame_too_large || frame->error() == hl7::errc::invalid_frame);
+        out.events.emplace_back(frame->error().value());
     }
 }
 

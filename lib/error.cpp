@@ -13,11 +13,12 @@ public:
     {
         switch (static_cast<errc>(ev)) {
         case errc::not_hl7: return "not an HL7 message: it does not start with MSH, FHS or BHS";
-        case errc::bad_encoding_characters: return "MSH-1/MSH-2 do not define usable delimiters";
-        case errc::bad_path: return "bad path";
-        case errc::need_more: return "need more bytes";
+        case errc::invalid_encoding_characters: return "MSH-1/MSH-2 do not define usable delimiters";
+        case errc::invalid_path: return "invalid path";
         case errc::frame_too_large: return "MLLP frame larger than the maximum frame size";
-        case errc::malformed_frame: return "malformed MLLP frame: start block inside an unfinished frame";
+        case errc::invalid_frame: return "invalid MLLP frame: start block inside an unfinished frame";
+        case errc::block_byte_in_message:
+            return "message contains an MLLP block byte (0x0B or 0x1C) and cannot be framed";
         case errc::buffer_too_small: return "buffer too small";
         case errc::invalid_host: return "invalid host: not an IPv4 address, an IPv6 address or a DNS name";
         case errc::invalid_port: return "invalid port: not in 1-65535";
@@ -28,9 +29,12 @@ public:
         case errc::queue_timeout: return "message waited too long in the send queue";
         case errc::ack_timeout: return "no acknowledgement within the ACK timeout";
         case errc::ack_mismatch: return "acknowledgement does not match the message sent (MSA-2 != MSH-10)";
-        case errc::garbled_ack: return "reply is not a valid acknowledgement";
+        case errc::invalid_ack: return "reply is not a valid acknowledgement";
+        case errc::no_ack_requested: return "the message asks for no acknowledgement (MSH-15/MSH-16)";
         case errc::connection_lost: return "connection lost while waiting for the acknowledgement";
         case errc::missing_control_id: return "message has no MSH-10 control id";
+        case errc::message_too_large: return "message larger than the connection's maximum message size";
+        case errc::hook_failed: return "a send or receive hook threw";
         case errc::closed: return "closed";
         case errc::tls_setup_failed: return "TLS setup failed: a CA, certificate or key could not be loaded";
         case errc::tls_handshake_timeout: return "TLS handshake timed out";

@@ -33,8 +33,8 @@ struct listen_options {
     std::string host = "127.0.0.1";
     int port = -1;
     /// accept: AA, or AR for a message without MSH-9, MSH-10 or MSH-12; otherwise every
-    /// message gets this code.
-    ack_code reply = ack_code::accept;
+    /// message gets this verdict.
+    verdict reply = verdict::accept;
     std::string out = "-"; ///< "-": standard output; otherwise a directory, one file per message
     bool json = false;
     std::size_t max_frame = mllp::default_max_frame;

@@ -41,26 +41,23 @@ std::string unwrap(std::string bytes, const std::string& source)
         return bytes;
     mllp::decoder decoder(bytes.size());
     decoder.feed(bytes);
-    for (;;) {
-        auto frame = decoder.next();
-        if (frame)
-            return std::string(frame.value());
-        if (frame.error() == errc::need_more)
-            throw failure(exit_failed, source + ": no complete MLLP frame");
-    }
+    while (auto frame = decoder.next())
+        if (*frame)
+            return std::string(frame->value());
+    throw failure(exit_failed, source + ": no complete MLLP frame");
 }
 
 } // namespace
 
 int run_get(const get_options& o)
 {
-    // Paths are checked before any input is read; an empty message tells a segment id that
-    // is not HL7 (`PDI.5`) from one that is merely absent.
+    // The syntax of the paths is checked before any input is read; whether a segment id is
+    // known is checked by the lookups, against the message, as the library always does.
     std::vector<hl7::path> paths;
     for (const std::string& text : o.paths) {
         auto p = hl7::path::parse(text);
-        if (!p || !message{}.get(p.value()))
-            throw failure(exit_usage, "bad path '" + text + "'");
+        if (!p)
+            throw failure(exit_usage, "invalid path '" + text + "'");
         paths.push_back(p.value());
     }
 
@@ -73,7 +70,7 @@ int run_get(const get_options& o)
     for (std::size_t i = 0; i < paths.size(); ++i) {
         const auto v = msg.value().get(paths[i]);
         if (!v)
-            throw failure(exit_usage, "bad path '" + o.paths[i] + "'");
+            throw failure(exit_usage, "invalid path '" + o.paths[i] + "'");
         out += o.raw ? std::string(v.value().raw()) : v.value().decoded();
         out += '\n';
     }

@@ -65,19 +65,16 @@ void message_splitter::feed(std::string_view bytes)
         return;
     }
     decoder_->feed(bytes);
-    for (;;) {
-        auto frame = decoder_->next();
-        if (frame) {
-            feed_text(frame.value());
+    while (auto frame = decoder_->next()) {
+        if (*frame) {
+            feed_text(frame->value());
             end_line();
             end_message();
             after_cr_ = false;
-        } else if (frame.error() == errc::need_more) {
-            break;
-        } else if (frame.error() == errc::frame_too_large) {
+        } else if (frame->error() == errc::frame_too_large) {
             ready_.push_back({{}, too_large(max_size_)});
         } else {
-            ready_.push_back({{}, describe(frame.error())});
+            ready_.push_back({{}, describe(frame->error())});
         }
     }
 }

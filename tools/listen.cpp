@@ -47,25 +47,24 @@ std::vector<required_field> missing_fields(const message& m)
 
 // The reply `options` ask for: AE or AR for everything, or AA unless a required field is
 // missing, which is answered AR with HL7 error 101 and an ERR segment naming the field.
-message make_reply(const message& m, ack_code asked)
+outcome::result<message> make_reply(const message& m, verdict asked)
 {
-    if (asked != ack_code::accept) {
-        const std::string text = std::string("hl7 listen --reply ") + (asked == ack_code::error ? "AE" : "AR");
-        return make_ack(m, asked, {.text = text}).value();
+    if (asked != verdict::accept) {
+        const std::string text = std::string("hl7 listen --reply ") + (asked == verdict::error ? "AE" : "AR");
+        return make_ack(m, asked, {.text = text});
     }
     const auto missing = missing_fields(m);
     if (missing.empty())
-        return make_ack(m, ack_code::accept).value();
+        return make_ack(m, verdict::accept);
     std::string text = "required field";
     text += missing.size() > 1 ? "s " : " ";
     for (std::size_t i = 0; i < missing.size(); ++i)
         text += (i == 0 ? "" : ", ") + std::string(missing[i].name);
     text += missing.size() > 1 ? " are missing" : " is missing";
-    message ack = make_ack(m, ack_code::reject, {.error_code = 101, .error_text = text}).value();
+    auto ack = make_ack(m, verdict::reject, {.error_code = 101, .error_text = text});
     // ERR-2, the error location (ERL): segment MSH, occurrence 1, the first missing field.
-    (void)ack.set("ERR.2.1", "MSH");
-    (void)ack.set("ERR.2.2", "1");
-    (void)ack.set("ERR.2.3", std::to_string(missing.front().field));
+    if (ack)
+        (void)ack.value().set("ERR.2", {"MSH", "1", std::to_string(missing.front().field)});
     return ack;
 }
 
@@ -107,10 +106,10 @@ public:
 
     // Runs on the connection's strand right after observe() reported the message as
     // received: nothing else runs in between on this single thread, so peer_ is its sender.
-    message answer(const message& m)
+    outcome::result<message> answer(const message& m)
     {
-        message reply = make_reply(m, options_.reply);
-        record(m, raw_or_empty(reply, "MSA.1"));
+        auto reply = make_reply(m, options_.reply);
+        record(m, reply ? raw_or_empty(reply.value(), "MSA.1") : std::string());
         return reply;
     }
 
@@ -170,7 +169,7 @@ private:
     asio::ip::tcp::endpoint peer_;
 };
 
-asio::awaitable<message> answer(std::shared_ptr<listener> l, const message& m)
+asio::awaitable<outcome::result<message>> answer(std::shared_ptr<listener> l, const message& m)
 {
     co_return l->answer(m);
 }
@@ -214,7 +213,7 @@ int run_listen(const listen_options& o)
     signals.async_wait([&](boost::system::error_code ec, int) {
         if (ec)
             return;
-        srv.async_stop([&] {
+        srv.async_close([&] {
             const server_counters c = srv.counters();
             std::fprintf(stderr, "hl7: stopped: %llu connection%s, %llu received, %llu replied, %llu errors\n",
                          static_cast<unsigned long long>(c.connections), c.connections == 1 ? "" : "s",

@@ -18,17 +18,14 @@ namespace {
 
 using namespace hl7::tool;
 
-hl7::ack_code reply_code(std::string text)
+hl7::verdict reply_verdict(std::string text)
 {
     for (char& c : text)
         c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    if (text == "AA")
-        return hl7::ack_code::accept;
-    if (text == "AE")
-        return hl7::ack_code::error;
-    if (text == "AR")
-        return hl7::ack_code::reject;
-    throw failure(exit_usage, "invalid --reply '" + text + "': one of AA, AE, AR");
+    const auto code = hl7::parse_ack_code(text);
+    if (!code || (*code != hl7::ack_code::AA && *code != hl7::ack_code::AE && *code != hl7::ack_code::AR))
+        throw failure(exit_usage, "invalid --reply '" + text + "': one of AA, AE, AR");
+    return hl7::verdict_of(*code);
 }
 
 int run(int argc, char** argv)
@@ -138,7 +135,7 @@ int run(int argc, char** argv)
     if (send->parsed())
         return run_send(so);
     if (listen->parsed()) {
-        lo.reply = reply_code(reply);
+        lo.reply = reply_verdict(reply);
         return run_listen(lo);
     }
     return run_get(go);

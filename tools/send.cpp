@@ -42,21 +42,17 @@ std::chrono::milliseconds to_ms(double seconds)
 // strand, read by the main thread.
 class link_watch {
 public:
-    void on(const event& e)
+    void on(const connection_event& e)
     {
         std::lock_guard lock(mutex_);
         switch (e.what) {
-        case event::kind::connected: connected_ = true; break;
-        case event::kind::disconnected: dropped_ = e.error; break;
-        case event::kind::reconnect_scheduled:
-        case event::kind::gave_up:
+        case connection_event::kind::connected: connected_ = true; break;
+        case connection_event::kind::disconnected: dropped_ = e.error; break;
+        case connection_event::kind::reconnect_scheduled:
+        case connection_event::kind::gave_up:
             if (e.error)
                 failure_ = e.error;
             attempts_ = e.attempt;
-            break;
-        case event::kind::acknowledged:
-            acked_.assign(e.control_id);
-            round_trip_ = e.round_trip;
             break;
         default: break;
         }
@@ -82,23 +78,12 @@ public:
         return dropped_;
     }
 
-    // The round trip the connection measured (from the write to the ACK) for `control_id`.
-    std::optional<std::chrono::microseconds> round_trip(std::string_view control_id) const
-    {
-        std::lock_guard lock(mutex_);
-        if (acked_ != control_id)
-            return std::nullopt;
-        return round_trip_;
-    }
-
 private:
     mutable std::mutex mutex_;
     bool connected_ = false;
     boost::system::error_code failure_;
     boost::system::error_code dropped_;
     std::uint32_t attempts_ = 0;
-    std::string acked_;
-    std::chrono::microseconds round_trip_{};
 };
 
 // Runs an io_context on a thread of its own until destroyed.
@@ -228,14 +213,13 @@ template <class Waiting>
 result send_one(connection& conn, message msg, const link_watch& watch, const std::string& peer, Waiting waiting)
 {
     result r;
-    if (auto id = msg.get("MSH.10"); id && id.value().present())
-        r.control_id = std::string(id.value().raw());
-    if (conn.state() == link_state::failed)
+    if (!msg.control_id().empty())
+        r.control_id = std::string(msg.control_id());
+    if (conn.state() == connection_state::failed)
         conn.start(); // it gave up on an earlier message; this one gets a new round of attempts
-    const auto started = steady::now();
-    std::promise<std::pair<boost::system::error_code, message>> done;
+    std::promise<std::pair<boost::system::error_code, hl7::ack>> done;
     auto pending = done.get_future();
-    conn.async_send(std::move(msg), [done = std::move(done)](boost::system::error_code ec, message ack) mutable {
+    conn.async_send(std::move(msg), [done = std::move(done)](boost::system::error_code ec, hl7::ack ack) mutable {
         done.set_value({ec, std::move(ack)});
     });
     while (pending.wait_for(100ms) != std::future_status::ready)
@@ -254,15 +238,14 @@ result send_one(connection& conn, message msg, const link_watch& watch, const st
     } else if (ec) {
         r.error = describe(ec);
     } else {
-        r.ack_code = std::string(ack.get("MSA.1").value().raw());
-        r.ack_control_id = std::string(ack.get("MSA.2").value().raw());
-        r.round_trip = watch.round_trip(r.control_id.value_or(""));
-        if (!r.round_trip)
-            r.round_trip = std::chrono::duration_cast<std::chrono::microseconds>(steady::now() - started);
-        if (auto ok = hl7::accepted(ack); ok)
-            r.accepted = true;
-        else
-            r.error = describe(ok.error().code) + (ok.error().text.empty() ? "" : ": " + ok.error().text);
+        r.ack_code = std::string(to_string(ack.code()));
+        r.ack_control_id = std::string(ack.control_id());
+        r.round_trip = ack.round_trip();
+        r.accepted = ack.accepted();
+        if (!r.accepted) {
+            const std::string why = ack.explanation();
+            r.error = describe(ack.error()) + (why.empty() ? "" : ": " + why);
+        }
     }
     return r;
 }
@@ -287,7 +270,7 @@ int run_send(const send_options& o)
     co.queue_timeout = 0ms; // the wait for a connection is bounded by the retries instead
     co.max_frame = o.max_frame;
     co.reconnect.max_attempts = o.retries;
-    co.observer = [watch](const event& e) { watch->on(e); };
+    co.observer = [watch](const connection_event& e) { watch->on(e); };
     if (o.tls || o.tls_insecure || !o.tls_ca.empty() || !o.tls_cert.empty() || !o.tls_key.empty() ||
         !o.tls_server_name.empty()) {
         if (o.tls_cert.empty() != o.tls_key.empty())

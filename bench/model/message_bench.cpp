@@ -40,7 +40,7 @@ void make_ack(benchmark::State& state)
 {
     const auto m = hl7::message::parse(hl7::test::read_sample("adt_a01.hl7")).value();
     for (auto _ : state) {
-        auto ack = hl7::make_ack(m, hl7::ack_code::accept);
+        auto ack = hl7::make_ack(m, hl7::verdict::accept);
         benchmark::DoNotOptimize(ack);
         if (!ack || !(ack.value().get("MSA.2") == "MSG00001")) {
             state.SkipWithError("make_ack gave a wrong result");

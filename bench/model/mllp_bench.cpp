@@ -58,12 +58,11 @@ void mllp_decode(benchmark::State& state)
         std::size_t payload_bytes = 0;
         for (std::size_t offset = 0; offset < bytes.size(); offset += chunk_size) {
             decoder.feed(bytes.substr(offset, chunk_size));
-            for (;;) {
-                auto frame = decoder.next();
-                if (!frame)
-                    break;  // need_more, or an error that the count check below catches
+            while (auto frame = decoder.next()) {
+                if (!*frame)
+                    break;  // an error, which the count check below catches
                 ++frames;
-                payload_bytes += frame.value().size();
+                payload_bytes += frame->value().size();
             }
         }
         if (frames != stream.frames || payload_bytes != stream.payload_bytes) {

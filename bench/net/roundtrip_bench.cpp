@@ -47,7 +47,7 @@ const hl7::message& sample()
 // library's server generates.
 const std::string& raw_ack()
 {
-    static const std::string a = hl7::mllp::encode(hl7::make_ack(sample(), hl7::ack_code::accept).value().str());
+    static const std::string a = hl7::mllp::encode(hl7::make_ack(sample(), hl7::verdict::accept).value().str());
     return a;
 }
 
@@ -76,7 +76,7 @@ struct library_server {
     std::uint16_t port() const { return server.local_endpoint().port(); }
     ~library_server()
     {
-        asio::co_spawn(ctx, server.async_stop(asio::use_awaitable), asio::detached);
+        asio::co_spawn(ctx, server.async_close(asio::use_awaitable), asio::detached);
         ctx.stop();
         thread.join();
     }
@@ -301,7 +301,7 @@ void roundtrip_sequential(benchmark::State& state, bool tls)
             const auto t0 = std::chrono::steady_clock::now();
             auto ack = co_await conn.send(sample());
             times.since(t0);
-            if (!ack || !(ack.value().get("MSA.2") == "MSG00001")) {
+            if (!ack || !(ack.value().control_id() == "MSG00001")) {
                 wrong = true;
                 break;
             }
@@ -524,7 +524,7 @@ void memory_idle_connection(benchmark::State& state)
     asio::io_context ctx;
     auto client = hl7::client::create(ctx.get_executor(), {.host = "127.0.0.1"}).value();
     auto all_connected = [](const std::vector<hl7::connection>& conns) {
-        return std::all_of(conns.begin(), conns.end(), [](auto& c) { return c.state() == hl7::link_state::connected; });
+        return std::all_of(conns.begin(), conns.end(), [](auto& c) { return c.state() == hl7::connection_state::connected; });
     };
     double heap_per = 0, rss_per = 0;
     for (auto _ : state) {

@@ -9,11 +9,15 @@
 // unchanged in their own categories.
 #pragma once
 
+#include <boost/outcome/result.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <type_traits>
 
 namespace hl7 {
+
+/// Boost.Outcome, as the library uses it: `hl7::outcome::result<T>` holds a T or an error_code.
+namespace outcome = BOOST_OUTCOME_V2_NAMESPACE;
 
 /// Errors of the library itself (category name "hl7").
 enum class errc {
@@ -22,19 +26,21 @@ enum class errc {
     not_hl7 = 1,
     /// MSH-1/MSH-2 do not define usable delimiters: fewer than four encoding characters,
     /// more than five, a repeated delimiter, or a delimiter that is a letter, digit, CR or LF.
-    bad_encoding_characters,
+    invalid_encoding_characters,
     /// A path that is malformed (`PID.0`, `PID..1`, `pid.5`, `PID.5.`), names an unknown
     /// segment, or names something that cannot be written (`MSH.1`, `MSH.2` in `set`).
-    bad_path,
+    invalid_path,
 
     // --- MLLP framing ----------------------------------------------------------------------
-    /// The decoder has used up the bytes it was fed; feed it more. Not a failure.
-    need_more,
     /// A frame grew past the configured maximum size; it was discarded.
     frame_too_large,
     /// A start block (0x0B) arrived inside an unfinished frame; the unfinished frame was
     /// discarded and decoding resumed at the new start block.
-    malformed_frame,
+    invalid_frame,
+    /// A message to be framed contains an MLLP block byte (0x0B or 0x1C), which would cut its
+    /// frame short at the peer; it is not sent. message::set escapes both bytes, so this comes
+    /// from parsed text or from a send hook's output.
+    block_byte_in_message,
     /// The caller's buffer is too small for the encoded frame.
     buffer_too_small,
 
@@ -60,13 +66,21 @@ enum class errc {
     /// A reply arrived whose MSA-2 is not the MSH-10 of the message sent.
     ack_mismatch,
     /// A reply arrived that is not an acknowledgement: it does not parse, has no MSA
-    /// segment, or its MSA-1 is not one of AA, AE, AR, CA, CE, CR.
-    garbled_ack,
+    /// segment, its MSA-1 is not one of AA, AE, AR, CA, CE, CR, or its MSA-2 is empty.
+    invalid_ack,
+    /// The received message's MSH-15 and MSH-16 ask for no acknowledgement of this outcome
+    /// (see hl7::ack_code_for), so none was built.
+    no_ack_requested,
     /// The link dropped after the message was written and before its acknowledgement
     /// arrived. As with ack_timeout, the peer may have processed it.
     connection_lost,
     /// The message has no MSH-10, so its acknowledgement could not be matched; not sent.
     missing_control_id,
+    /// The message is larger than connection_options::max_message; not sent.
+    message_too_large,
+    /// A send hook or a receive hook threw: the message it was transforming is not sent, or
+    /// the reply it was transforming cannot be read.
+    hook_failed,
     /// The connection or client was closed.
     closed,
 

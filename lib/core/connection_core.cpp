@@ -51,15 +51,15 @@ void add(connection_counters& total, const connection_counters& more) noexcept
     total.discarded += more.discarded;
 }
 
-event owned_event::view() const
+connection_event owned_event::view() const
 {
     using namespace std::chrono;
-    return event{what,
+    return connection_event{what,
                  attempt,
                  duration_cast<milliseconds>(delay),
                  error,
                  control_id,
-                 ack_code,
+                 code,
                  duration_cast<microseconds>(round_trip),
                  endpoint};
 }
@@ -71,7 +71,7 @@ connection_core::connection_core(const connection_options& options, counter_bloc
     : options_(options),
       counters_(counters),
       backoff_(options.reconnect, seed),
-      state_(link_state::idle),
+      state_(connection_state::idle),
       decoder_(options.max_frame)
 {
 }
@@ -89,7 +89,7 @@ bool connection_core::next(action& out)
 
 void connection_core::start(clock::time_point now)
 {
-    if (state_ == link_state::idle || state_ == link_state::failed) {
+    if (state_ == connection_state::idle || state_ == connection_state::failed) {
         failures_ = 0;
         begin_connect(now);
         rearm();
@@ -98,9 +98,9 @@ void connection_core::start(clock::time_point now)
 
 void connection_core::send(send_id id, std::string control_id, clock::time_point now)
 {
-    if (state_ == link_state::closing || state_ == link_state::closed)
+    if (state_ == connection_state::closing || state_ == connection_state::closed)
         complete(id, errc::closed);
-    else if (state_ == link_state::failed)
+    else if (state_ == connection_state::failed)
         complete(id, errc::not_connected);
     else if (queue_.size() >= options_.queue_limit)
         complete(id, errc::queue_full);
@@ -109,7 +109,7 @@ void connection_core::send(send_id id, std::string control_id, clock::time_point
             options_.queue_timeout.count() > 0 ? now + options_.queue_timeout : clock::time_point::max();
         queue_.push_back({id, std::move(control_id), deadline});
         counters_.queued.fetch_add(1, std::memory_order_relaxed);
-        if (state_ == link_state::idle)
+        if (state_ == connection_state::idle)
             begin_connect(now);
         try_write(now);
     }
@@ -136,17 +136,17 @@ void connection_core::close(clock::time_point now)
 {
     (void)now;
     switch (state_) {
-    case link_state::closed:
+    case connection_state::closed:
         actions_.push_back({action::kind::closed});
         return;
-    case link_state::closing:
+    case connection_state::closing:
         return;
     default:
         break;
     }
     fail_queue(errc::closed);
-    if (inflight_ && state_ == link_state::connected) {
-        state_ = link_state::closing; // the message in flight gets its ACK or times out first
+    if (inflight_ && state_ == connection_state::connected) {
+        state_ = connection_state::closing; // the message in flight gets its ACK or times out first
     } else {
         finish_close();
     }
@@ -155,7 +155,7 @@ void connection_core::close(clock::time_point now)
 
 void connection_core::handshaking(std::uint64_t link, clock::time_point now)
 {
-    if (link != link_ || state_ != link_state::connecting || !options_.tls)
+    if (link != link_ || state_ != connection_state::connecting || !options_.tls)
         return;
     handshaking_ = true;
     deadline_ = now + options_.tls->handshake_timeout;
@@ -164,15 +164,15 @@ void connection_core::handshaking(std::uint64_t link, clock::time_point now)
 
 void connection_core::connected(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer, clock::time_point now)
 {
-    if (link != link_ || state_ != link_state::connecting)
+    if (link != link_ || state_ != connection_state::connecting)
         return;
-    state_ = link_state::connected;
+    state_ = connection_state::connected;
     failures_before_connect_ = std::exchange(failures_, 0);
     if (ever_connected_)
         counters_.reconnects.fetch_add(1, std::memory_order_relaxed);
     ever_connected_ = true;
     decoder_ = mllp::decoder(options_.max_frame);
-    owned_event ev{event::kind::connected};
+    owned_event ev{connection_event::kind::connected};
     ev.endpoint = peer;
     notify(std::move(ev));
     try_write(now);
@@ -181,7 +181,7 @@ void connection_core::connected(std::uint64_t link, const boost::asio::ip::tcp::
 
 void connection_core::connect_failed(std::uint64_t link, boost::system::error_code ec, clock::time_point now)
 {
-    if (link != link_ || state_ != link_state::connecting)
+    if (link != link_ || state_ != connection_state::connecting)
         return;
     actions_.push_back({action::kind::close_socket, link_});
     retry_or_give_up(ec, now);
@@ -198,7 +198,7 @@ void connection_core::written(std::uint64_t link, boost::system::error_code ec, 
     } else {
         counters_.sent.fetch_add(1, std::memory_order_relaxed);
         if (inflight_) {
-            owned_event ev{event::kind::sent};
+            owned_event ev{connection_event::kind::sent};
             ev.control_id = inflight_->control_id;
             notify(std::move(ev));
         }
@@ -209,19 +209,16 @@ void connection_core::written(std::uint64_t link, boost::system::error_code ec, 
 
 void connection_core::received(std::uint64_t link, std::string_view bytes, clock::time_point now)
 {
-    if (link != link_ || (state_ != link_state::connected && state_ != link_state::closing))
+    if (link != link_ || (state_ != connection_state::connected && state_ != connection_state::closing))
         return;
     decoder_.feed(bytes);
-    for (;;) {
-        auto frame = decoder_.next();
-        if (frame) {
-            if (!on_frame(frame.value(), now))
+    while (auto frame = decoder_.next()) {
+        if (*frame) {
+            if (!on_frame(frame->value(), now))
                 break; // the link was reset; what is left of the bytes belongs to it
             continue;
         }
-        const boost::system::error_code ec = frame.error();
-        if (ec == errc::need_more)
-            break;
+        const boost::system::error_code ec = frame->error();
         if (ec == errc::frame_too_large && inflight_) {
             // The reply was dropped unread: fail the message rather than wait for a timeout.
             finish_flight(ec);
@@ -229,7 +226,7 @@ void connection_core::received(std::uint64_t link, std::string_view bytes, clock
             break;
         }
         counters_.discarded.fetch_add(1, std::memory_order_relaxed);
-        owned_event ev{event::kind::discarded};
+        owned_event ev{connection_event::kind::discarded};
         ev.error = ec;
         notify(std::move(ev));
     }
@@ -250,15 +247,15 @@ void connection_core::read_failed(std::uint64_t link, boost::system::error_code 
 void connection_core::timer_fired(clock::time_point now)
 {
     armed_ = clock::time_point::max();
-    if (state_ == link_state::connecting && now >= deadline_) {
+    if (state_ == connection_state::connecting && now >= deadline_) {
         actions_.push_back({action::kind::close_socket, link_});
         retry_or_give_up(handshaking_ ? errc::tls_handshake_timeout : errc::connect_timeout, now);
-    } else if (state_ == link_state::backing_off && now >= deadline_) {
+    } else if (state_ == connection_state::backing_off && now >= deadline_) {
         begin_connect(now);
     }
     if (inflight_ && now >= inflight_->deadline) {
         counters_.timed_out.fetch_add(1, std::memory_order_relaxed);
-        owned_event ev{event::kind::timed_out};
+        owned_event ev{connection_event::kind::timed_out};
         ev.control_id = inflight_->control_id;
         notify(std::move(ev));
         finish_flight(errc::ack_timeout);
@@ -278,11 +275,11 @@ void connection_core::timer_fired(clock::time_point now)
 
 void connection_core::begin_connect(clock::time_point now)
 {
-    state_ = link_state::connecting;
+    state_ = connection_state::connecting;
     ++link_;
     handshaking_ = false;
     deadline_ = now + options_.connect_timeout;
-    owned_event ev{event::kind::connecting};
+    owned_event ev{connection_event::kind::connecting};
     ev.attempt = failures_ + 1;
     notify(std::move(ev));
     action a{action::kind::connect, link_};
@@ -295,9 +292,9 @@ void connection_core::retry_or_give_up(boost::system::error_code ec, clock::time
     ++failures_;
     last_error_ = ec;
     if (options_.reconnect.max_attempts != 0 && failures_ >= options_.reconnect.max_attempts) {
-        state_ = link_state::failed;
+        state_ = connection_state::failed;
         deadline_ = clock::time_point::max();
-        owned_event ev{event::kind::gave_up};
+        owned_event ev{connection_event::kind::gave_up};
         ev.attempt = failures_;
         ev.error = ec;
         notify(std::move(ev));
@@ -305,10 +302,10 @@ void connection_core::retry_or_give_up(boost::system::error_code ec, clock::time
         disarm();
         return;
     }
-    state_ = link_state::backing_off;
+    state_ = connection_state::backing_off;
     const clock::duration d = backoff_.delay(failures_);
     deadline_ = now + d;
-    owned_event ev{event::kind::reconnect_scheduled};
+    owned_event ev{connection_event::kind::reconnect_scheduled};
     ev.attempt = failures_ + 1;
     ev.delay = d;
     ev.error = ec;
@@ -317,11 +314,11 @@ void connection_core::retry_or_give_up(boost::system::error_code ec, clock::time
 
 void connection_core::link_lost(boost::system::error_code ec, clock::time_point now)
 {
-    if (state_ != link_state::connected && state_ != link_state::closing)
+    if (state_ != connection_state::connected && state_ != connection_state::closing)
         return;
     actions_.push_back({action::kind::close_socket, link_});
     write_pending_ = false;
-    owned_event lost{event::kind::disconnected};
+    owned_event lost{connection_event::kind::disconnected};
     lost.error = ec;
     notify(std::move(lost));
     // Under TLS 1.3 a server's verdict on our certificate comes after the handshake, with its
@@ -332,7 +329,7 @@ void connection_core::link_lost(boost::system::error_code ec, clock::time_point 
                          ec == errc::tls_certificate_expired;
     if (inflight_)
         finish_flight(refused ? ec : make_error_code(errc::connection_lost));
-    if (state_ == link_state::closing) {
+    if (state_ == connection_state::closing) {
         finish_close();
         return;
     }
@@ -342,10 +339,10 @@ void connection_core::link_lost(boost::system::error_code ec, clock::time_point 
         retry_or_give_up(ec, now);
         return;
     }
-    state_ = link_state::backing_off;
+    state_ = connection_state::backing_off;
     const clock::duration d = backoff_.delay(0);
     deadline_ = now + d;
-    owned_event ev{event::kind::reconnect_scheduled};
+    owned_event ev{connection_event::kind::reconnect_scheduled};
     ev.attempt = 1;
     ev.delay = d;
     ev.error = ec;
@@ -354,20 +351,20 @@ void connection_core::link_lost(boost::system::error_code ec, clock::time_point 
 
 void connection_core::finish_close()
 {
-    if (state_ == link_state::connected || state_ == link_state::connecting || state_ == link_state::closing)
+    if (state_ == connection_state::connected || state_ == connection_state::connecting || state_ == connection_state::closing)
         actions_.push_back({action::kind::close_socket, link_});
     ++link_;
-    state_ = link_state::closed;
+    state_ = connection_state::closed;
     deadline_ = clock::time_point::max();
     write_pending_ = false;
-    notify(owned_event{event::kind::closed});
+    notify(owned_event{connection_event::kind::closed});
     disarm();
     actions_.push_back({action::kind::closed});
 }
 
 void connection_core::try_write(clock::time_point now)
 {
-    if (state_ != link_state::connected || inflight_ || write_pending_ || queue_.empty())
+    if (state_ != connection_state::connected || inflight_ || write_pending_ || queue_.empty())
         return;
     queued_send next = std::move(queue_.front());
     queue_.pop_front();
@@ -387,22 +384,23 @@ bool connection_core::on_frame(std::string_view payload, clock::time_point now)
 
     auto discard = [&] {
         counters_.discarded.fetch_add(1, std::memory_order_relaxed);
-        notify(owned_event{event::kind::discarded});
+        notify(owned_event{connection_event::kind::discarded});
     };
     if (!inflight_) {
         discard();
         return true;
     }
-    static const path msa1 = path::parse("MSA.1").value(), msa2_path = path::parse("MSA.2").value();
-    auto reply = message::parse(text);
-    auto msa2 = reply ? reply.value().get(msa2_path) : outcome::result<value>(errc::garbled_ack);
-    if (!msa2 || msa2.value().raw().empty()) {
-        finish_flight(errc::garbled_ack);
-        link_lost(errc::garbled_ack, now);
+    auto parsed = message::parse(text);
+    auto reply = parsed ? ack::read(std::move(parsed).value(), std::chrono::duration_cast<std::chrono::microseconds>(
+                                                                     now - inflight_->started))
+                        : outcome::result<ack>(errc::invalid_ack);
+    if (!reply) {
+        finish_flight(errc::invalid_ack);
+        link_lost(errc::invalid_ack, now);
         return false;
     }
-    if (msa2.value().raw() != inflight_->control_id) {
-        if (recently_finished(msa2.value().raw())) {
+    if (reply.value().control_id() != inflight_->control_id) {
+        if (recently_finished(reply.value().control_id())) {
             discard(); // a late or repeated ACK of an earlier message
             return true;
         }
@@ -410,26 +408,19 @@ bool connection_core::on_frame(std::string_view payload, clock::time_point now)
         link_lost(errc::ack_mismatch, now);
         return false;
     }
-    const std::string_view code = reply.value().get(msa1).value().raw();
-    const bool accepted = code == "AA" || code == "CA";
-    if (!accepted && code != "AE" && code != "AR" && code != "CE" && code != "CR") {
-        finish_flight(errc::garbled_ack);
-        link_lost(errc::garbled_ack, now);
-        return false;
-    }
-    (accepted ? counters_.acknowledged : counters_.rejected).fetch_add(1, std::memory_order_relaxed);
-    owned_event ev{event::kind::acknowledged};
+    (reply.value().accepted() ? counters_.acknowledged : counters_.rejected).fetch_add(1, std::memory_order_relaxed);
+    owned_event ev{connection_event::kind::acknowledged};
     ev.control_id = inflight_->control_id;
-    ev.ack_code = std::string(code);
+    ev.code = reply.value().code();
     ev.round_trip = now - inflight_->started;
     notify(std::move(ev));
     finish_flight({}, std::move(reply).value());
-    if (state_ == link_state::closing)
+    if (state_ == connection_state::closing)
         finish_close();
     return true;
 }
 
-void connection_core::finish_flight(boost::system::error_code ec, message ack)
+void connection_core::finish_flight(boost::system::error_code ec, hl7::ack ack)
 {
     flight f = std::move(*inflight_);
     inflight_.reset();
@@ -438,7 +429,7 @@ void connection_core::finish_flight(boost::system::error_code ec, message ack)
     remember(std::move(f.control_id));
 }
 
-void connection_core::complete(send_id id, boost::system::error_code ec, message ack)
+void connection_core::complete(send_id id, boost::system::error_code ec, hl7::ack ack)
 {
     if (ec && ec != errc::ack_timeout)
         counters_.failed.fetch_add(1, std::memory_order_relaxed);
@@ -485,7 +476,7 @@ bool connection_core::recently_finished(std::string_view control_id) const noexc
 void connection_core::rearm()
 {
     clock::time_point t = clock::time_point::max();
-    if (state_ == link_state::connecting || state_ == link_state::backing_off)
+    if (state_ == connection_state::connecting || state_ == connection_state::backing_off)
         t = deadline_;
     if (inflight_)
         t = std::min(t, inflight_->deadline);

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <hl7/net/client.hpp>
+#include <hl7/model/ack.hpp>
 #include <hl7/model/message.hpp>
 #include <hl7/model/mllp.hpp>
 
@@ -54,16 +55,16 @@ void add(connection_counters& total, const connection_counters& more) noexcept;
 
 /// An event with owned text, kept in an action until the observer is called.
 struct owned_event {
-    event::kind what;
+    connection_event::kind what;
     std::uint32_t attempt = 0;
     clock::duration delay{};
     boost::system::error_code error{};
     std::string control_id{};
-    std::string ack_code{};
+    hl7::ack_code code = hl7::ack_code::AA;
     clock::duration round_trip{};
     boost::asio::ip::tcp::endpoint endpoint{};
 
-    event view() const;
+    connection_event view() const;
 };
 
 class connection_core {
@@ -79,7 +80,7 @@ public:
             notify,       ///< tell the observer `ev`
             arm_timer,    ///< let the one timer expire at `deadline` (time_point::max(): never); it may
                           ///< be earlier than what is due, never later
-            closed,       ///< the connection reached link_state::closed; complete close waiters
+            closed,       ///< the connection reached connection_state::closed; complete close waiters
         };
         kind what;
         std::uint64_t link = 0;
@@ -89,13 +90,13 @@ public:
         clock::time_point deadline{};
         // The ACK of a successful `complete`, the event of a `notify`. Kept apart from the
         // plain members so that the many actions without them stay cheap to move.
-        std::variant<std::monostate, message, owned_event> data{};
+        std::variant<std::monostate, hl7::ack, owned_event> data{};
 
-        /// The ACK of a `complete` (an empty message when it failed).
-        message take_ack()
+        /// The ACK of a `complete` (a default ack when it failed).
+        hl7::ack take_ack()
         {
-            auto* m = std::get_if<message>(&data);
-            return m ? std::move(*m) : message{};
+            auto* a = std::get_if<hl7::ack>(&data);
+            return a ? std::move(*a) : hl7::ack{};
         }
         /// The event of a `notify`.
         const owned_event& event() const { return std::get<owned_event>(data); }
@@ -122,7 +123,7 @@ public:
     /// Takes the next action to carry out, in order; false when there is none.
     bool next(action& out);
 
-    link_state state() const noexcept { return state_; }
+    connection_state state() const noexcept { return state_; }
     std::size_t queued() const noexcept { return queue_.size(); }
     bool in_flight() const noexcept { return inflight_.has_value(); }
 
@@ -146,8 +147,8 @@ private:
     void finish_close();
     void try_write(clock::time_point now);
     bool on_frame(std::string_view payload, clock::time_point now);
-    void finish_flight(boost::system::error_code ec, message ack = {});
-    void complete(send_id id, boost::system::error_code ec, message ack = {});
+    void finish_flight(boost::system::error_code ec, hl7::ack ack = {});
+    void complete(send_id id, boost::system::error_code ec, hl7::ack ack = {});
     void fail_queue(boost::system::error_code ec);
     void notify(owned_event ev);
     void remember(std::string control_id);
@@ -159,7 +160,7 @@ private:
     connection_options options_;
     counter_block& counters_;
     backoff backoff_;
-    link_state state_;
+    connection_state state_;
     std::uint64_t link_ = 0;
     std::uint32_t failures_ = 0;
     std::uint32_t failures_before_connect_ = 0; // restored when the peer refuses our certificate after all

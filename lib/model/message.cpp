@@ -2,16 +2,12 @@
 
 #include <boost/outcome/try.hpp>
 
-#include "model/append.hpp"
 #include "model/segment_ids.hpp"
+#include "model/text.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cstring>
-#include <ctime>
 #include <limits>
-#include <random>
 #include <utility>
 
 #if defined(__SSE2__)
@@ -32,73 +28,6 @@ constexpr std::uint32_t msh_id = pack_id("MSH");
 constexpr std::uint32_t fhs_id = pack_id("FHS");
 constexpr std::uint32_t bhs_id = pack_id("BHS");
 
-bool is_upper(char c) noexcept { return c >= 'A' && c <= 'Z'; }
-bool is_digit(char c) noexcept { return c >= '0' && c <= '9'; }
-
-bool usable_delimiters(const delimiters& d) noexcept
-{
-    const char set[] = {d.field, d.component, d.repetition, d.escape, d.subcomponent, d.truncation};
-    const std::size_t n = d.truncation ? 6 : 5;
-    for (std::size_t i = 0; i < n; ++i) {
-        const char c = set[i];
-        if (c == '\r' || c == '\n' || c == '\0' || is_upper(c) || is_digit(c) || (c >= 'a' && c <= 'z'))
-            return false;
-        for (std::size_t j = i + 1; j < n; ++j)
-            if (set[j] == c)
-                return false;
-    }
-    return true;
-}
-
-// MSH-1 is the byte after the segment id; MSH-2 runs from there to the next field
-// separator (or the end of the segment) and holds four or five encoding characters.
-outcome::result<delimiters> read_delimiters(std::string_view bytes) noexcept
-{
-    if (bytes.size() < 3 ||
-        (bytes.compare(0, 3, "MSH") != 0 && bytes.compare(0, 3, "FHS") != 0 && bytes.compare(0, 3, "BHS") != 0))
-        return errc::not_hl7;
-    if (bytes.size() < 4)
-        return errc::bad_encoding_characters;
-    delimiters d;
-    d.field = bytes[3];
-    std::size_t end = 4;
-    while (end < bytes.size() && bytes[end] != d.field && bytes[end] != '\r' && bytes[end] != '\n')
-        ++end;
-    const std::string_view enc = bytes.substr(4, end - 4);
-    if (enc.size() < 4 || enc.size() > 5)
-        return errc::bad_encoding_characters;
-    d.component = enc[0];
-    d.repetition = enc[1];
-    d.escape = enc[2];
-    d.subcomponent = enc[3];
-    d.truncation = enc.size() == 5 ? enc[4] : '\0';
-    if (!usable_delimiters(d))
-        return errc::bad_encoding_characters;
-    return d;
-}
-
-// Segments may end in CR, LF or CRLF; the message keeps CR only. Compacts in place, since
-// the result is never longer than the input.
-void normalise_line_ends(std::string& s)
-{
-    const std::size_t first = s.find('\n');
-    if (first == std::string::npos)
-        return;
-    std::size_t out = first;
-    bool after_cr = first > 0 && s[first - 1] == '\r';
-    for (std::size_t in = first; in < s.size(); ++in) {
-        const char c = s[in];
-        if (c == '\n' && after_cr) {
-            after_cr = false; // the LF of a CRLF
-            continue;
-        }
-        after_cr = c == '\r';
-        s[out++] = c == '\n' ? '\r' : c;
-    }
-    s.resize(out);
-}
-
-// Narrows `s`, a field, to the repetition, component and subcomponent that `p` names. A
 // piece ends at its own delimiter or at any delimiter of a higher level, and an empty piece
 // has no parts. Fields are short, so a plain byte loop beats memchr's call overhead here.
 bool descend(std::string_view& s, const path& p, const delimiters& d) noexcept
@@ -168,6 +97,7 @@ bool ensure_piece(std::string& s, std::size_t& b, std::size_t& e, char d, std::u
     return true;
 }
 
+
 bool known_segment(const std::array<char, 3>& id) noexcept
 {
     if (id[0] == 'Z')
@@ -176,136 +106,11 @@ bool known_segment(const std::array<char, 3>& id) noexcept
     return std::binary_search(detail::standard_segment_ids.begin(), detail::standard_segment_ids.end(), s);
 }
 
-// Reads a positive decimal index of at most nine digits (so that it fits in 32 bits).
-inline bool read_index(const char*& p, const char* e, std::uint32_t& out) noexcept
-{
-    const char* const start = p;
-    std::uint32_t v = 0;
-    for (unsigned d; p < e && (d = static_cast<unsigned char>(*p) - unsigned{'0'}) <= 9; ++p)
-        v = v * 10 + d;
-    if (p == start || p - start > 9 || v == 0)
-        return false;
-    out = v;
-    return true;
-}
-
-// Reads an optional "[n]".
-inline bool read_bracket(const char*& p, const char* e, std::uint32_t& out) noexcept
-{
-    if (p == e || *p != '[')
-        return true;
-    ++p;
-    if (!read_index(p, e, out) || p == e || *p != ']')
-        return false;
-    ++p;
-    return true;
-}
-
-int hex_value(char c) noexcept
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-// Resolves one escape body (the text between two escape characters) into out; false when
-// the body is one that is kept verbatim.
-bool resolve_escape(std::string_view body, const delimiters& d, std::string& out)
-{
-    if (body.size() == 1) {
-        switch (body[0]) {
-        case 'F': out += d.field; return true;
-        case 'S': out += d.component; return true;
-        case 'T': out += d.subcomponent; return true;
-        case 'R': out += d.repetition; return true;
-        case 'E': out += d.escape; return true;
-        case 'P':
-            if (!d.truncation)
-                return false;
-            out += d.truncation;
-            return true;
-        default: return false;
-        }
-    }
-    if (body[0] != 'X' || body.size() % 2 == 0)
-        return false;
-    const std::size_t start = out.size();
-    for (std::size_t i = 1; i < body.size(); i += 2) {
-        const int hi = hex_value(body[i]);
-        const int lo = hex_value(body[i + 1]);
-        if (hi < 0 || lo < 0) {
-            out.resize(start);
-            return false;
-        }
-        out += static_cast<char>(hi * 16 + lo);
-    }
-    return true;
-}
-
-// The path grammar, without building a result: lookups by text call this directly.
-bool read_path(std::string_view text, path& r) noexcept
-{
-    const char* p = text.data();
-    const char* const e = p + text.size();
-    if (text.size() < 3 || !is_upper(p[0]) || !(is_upper(p[1]) || is_digit(p[1])) || !(is_upper(p[2]) || is_digit(p[2])))
-        return false;
-    r.segment = {p[0], p[1], p[2]};
-    p += 3;
-    if (!read_bracket(p, e, r.occurrence))
-        return false;
-    if (p != e) {
-        if (*p++ != '.' || !read_index(p, e, r.field) || !read_bracket(p, e, r.repetition))
-            return false;
-        if (p != e) {
-            if (*p++ != '.' || !read_index(p, e, r.component))
-                return false;
-            if (p != e && (*p++ != '.' || !read_index(p, e, r.subcomponent)))
-                return false;
-            if (!r.repetition)
-                r.repetition = 1;
-        }
-    }
-    if (p != e)
-        return false;
-    return true;
-}
 
 } // namespace
 
 // ---------------------------------------------------------------------------------------
-// path
-
-outcome::result<path> path::parse(std::string_view text) noexcept
-{
-    path r;
-    if (!read_path(text, r))
-        return errc::bad_path;
-    return r;
-}
-
-std::string path::to_string() const
-{
-    std::string s(segment.data(), 3);
-    if (occurrence != 1)
-        s += '[' + std::to_string(occurrence) + ']';
-    if (field) {
-        s += '.' + std::to_string(field);
-        if (repetition > 1 || (repetition == 1 && !component))
-            s += '[' + std::to_string(repetition) + ']';
-    }
-    if (component)
-        s += '.' + std::to_string(component);
-    if (subcomponent)
-        s += '.' + std::to_string(subcomponent);
-    return s;
-}
-
-// ---------------------------------------------------------------------------------------
-// value, escapes
+// value
 
 std::string value::decoded() const
 {
@@ -317,135 +122,6 @@ std::string value::decoded() const
     return unescape(raw_, *delims_);
 }
 
-std::string unescape(std::string_view text, const delimiters& d)
-{
-    std::string out;
-    out.reserve(text.size());
-    std::size_t pos = 0;
-    while (pos < text.size()) {
-        const std::size_t open = text.find(d.escape, pos);
-        if (open == std::string_view::npos)
-            break;
-        const std::size_t close = text.find(d.escape, open + 1);
-        if (close == std::string_view::npos)
-            break;
-        out.append(text, pos, open - pos);
-        const std::string_view body = text.substr(open + 1, close - open - 1);
-        if (body.empty() || !resolve_escape(body, d, out))
-            out.append(text, open, close - open + 1);
-        pos = close + 1;
-    }
-    out.append(text, pos);
-    return out;
-}
-
-void detail::append_escaped(std::string& out, std::string_view text, const delimiters& d)
-{
-    // What each byte becomes, 0 for itself: one table lookup per byte rather than eight
-    // comparisons.
-    char code[256] = {};
-    code[static_cast<unsigned char>('\r')] = 'D';
-    code[static_cast<unsigned char>('\n')] = 'A';
-    if (d.truncation)
-        code[static_cast<unsigned char>(d.truncation)] = 'P';
-    code[static_cast<unsigned char>(d.escape)] = 'E';
-    code[static_cast<unsigned char>(d.repetition)] = 'R';
-    code[static_cast<unsigned char>(d.subcomponent)] = 'T';
-    code[static_cast<unsigned char>(d.component)] = 'S';
-    code[static_cast<unsigned char>(d.field)] = 'F';
-    // Runs of ordinary bytes are appended whole: most values have nothing to escape.
-    std::size_t run = 0;
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        const char c = code[static_cast<unsigned char>(text[i])];
-        if (c == 0)
-            continue;
-        out.append(text, run, i - run);
-        out += d.escape;
-        if (c == 'D' || c == 'A')
-            out += c == 'D' ? "X0D" : "X0A";
-        else
-            out += c;
-        out += d.escape;
-        run = i + 1;
-    }
-    out.append(text, run);
-}
-
-std::string escape(std::string_view text, const delimiters& d)
-{
-    std::string out;
-    out.reserve(text.size());
-    detail::append_escaped(out, text, d);
-    return out;
-}
-
-void detail::append_timestamp(std::string& out)
-{
-    const auto now = std::chrono::system_clock::now();
-    const std::time_t t = std::chrono::system_clock::to_time_t(now);
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-    // localtime_r takes a process-wide lock and works through the zone's rules: done once a
-    // second per thread rather than for every ACK. Offsets change on second boundaries only.
-    thread_local std::time_t cached = -1;
-    thread_local char seconds[16]; // YYYYMMDDHHMMSS
-    thread_local char zone[6];     // +ZZZZ
-    if (t != cached) {
-        std::tm tm{};
-        localtime_r(&t, &tm);
-        std::strftime(seconds, sizeof seconds, "%Y%m%d%H%M%S", &tm);
-        const long off = tm.tm_gmtoff / 60;
-        const long a = off < 0 ? -off : off;
-        zone[0] = off < 0 ? '-' : '+';
-        zone[1] = static_cast<char>('0' + a / 600);
-        zone[2] = static_cast<char>('0' + a / 60 % 10);
-        zone[3] = static_cast<char>('0' + a % 60 / 10);
-        zone[4] = static_cast<char>('0' + a % 10);
-        zone[5] = '\0';
-        cached = t;
-    }
-    out += seconds;
-    out += '.';
-    out += static_cast<char>('0' + ms / 100);
-    out += static_cast<char>('0' + ms / 10 % 10);
-    out += static_cast<char>('0' + ms % 10);
-    out += zone;
-}
-
-std::string make_timestamp()
-{
-    std::string s;
-    s.reserve(23);
-    detail::append_timestamp(s);
-    return s;
-}
-
-std::string make_control_id()
-{
-    // 8 base-36 digits of per-process randomness, then a process-wide counter in base 36.
-    static const std::string prefix = [] {
-        std::random_device rd;
-        std::uint64_t r = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^
-                          static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-        std::string p(8, '0');
-        for (char& c : p) {
-            c = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[r % 36];
-            r /= 36;
-        }
-        return p;
-    }();
-    static std::atomic<std::uint64_t> counter{0};
-    std::uint64_t n = counter.fetch_add(1, std::memory_order_relaxed);
-    char digits[13];
-    int len = 0;
-    do {
-        digits[len++] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[n % 36];
-        n /= 36;
-    } while (n && len < 12);
-    std::string id = prefix;
-    while (len > 0)
-        id += digits[--len];
-    return id;
-}
 
 // ---------------------------------------------------------------------------------------
 // message
@@ -459,11 +135,11 @@ outcome::result<message> message::parse(std::string&& bytes)
 {
     if (bytes.size() >= std::numeric_limits<std::uint32_t>::max())
         return boost::system::errc::make_error_code(boost::system::errc::value_too_large);
-    BOOST_OUTCOME_TRY(auto d, read_delimiters(bytes));
+    BOOST_OUTCOME_TRY(auto d, detail::read_delimiters(bytes));
     message m;
     m.data_ = std::move(bytes);
     m.delims_ = d;
-    normalise_line_ends(m.data_);
+    detail::normalise_line_ends(m.data_);
     m.index();
     return m;
 }
@@ -471,8 +147,8 @@ outcome::result<message> message::parse(std::string&& bytes)
 outcome::result<message> message::create(const header& h)
 {
     const hl7::delimiters& d = h.delimiters;
-    if (!usable_delimiters(d))
-        return errc::bad_encoding_characters;
+    if (!detail::usable_delimiters(d))
+        return errc::invalid_encoding_characters;
     message m;
     m.delims_ = d;
     m.data_ = {'M', 'S', 'H', d.field, d.component, d.repetition, d.escape, d.subcomponent};
@@ -588,7 +264,7 @@ outcome::result<void> message::check_path(const hl7::path& p) const noexcept
         // An id outside the standard table is still fine when the message carries it.
         const std::uint32_t id = pack_id(p.segment.data());
         if (std::none_of(segments_.begin(), segments_.end(), [id](const segment_entry& s) { return s.id == id; }))
-            return errc::bad_path;
+            return errc::invalid_path;
     }
     return outcome::success();
 }
@@ -596,15 +272,15 @@ outcome::result<void> message::check_path(const hl7::path& p) const noexcept
 outcome::result<value> message::get(std::string_view text) const
 {
     hl7::path p;
-    if (!read_path(text, p))
-        return errc::bad_path;
+    if (!detail::read_path(text, p))
+        return errc::invalid_path;
     return get(p);
 }
 
 outcome::result<value> message::get(const hl7::path& p) const
 {
     if (p.component && !p.repetition)
-        return errc::bad_path;
+        return errc::invalid_path;
     const segment_entry* seg = find_segment(p);
     if (!seg) {
         BOOST_OUTCOME_TRY(check_path(p));
@@ -615,7 +291,7 @@ outcome::result<value> message::get(const hl7::path& p) const
         return value{{base + seg->begin, seg->end - seg->begin}, delims_, false};
     if (seg->header && p.field <= 2) {
         if (p.repetition || p.component)
-            return errc::bad_path;
+            return errc::invalid_path;
         if (p.field == 1)
             return seg->sep_count ? value{{base + seg->begin + 3, 1}, delims_, true} : value{};
     }
@@ -641,10 +317,10 @@ outcome::result<std::size_t> message::count(std::string_view text) const
 outcome::result<std::size_t> message::count(const hl7::path& p) const
 {
     if (p.repetition || p.component)
-        return errc::bad_path;
+        return errc::invalid_path;
     if (p.field == 0) {
         if (p.occurrence != 1)
-            return errc::bad_path;
+            return errc::invalid_path;
         BOOST_OUTCOME_TRY(check_path(p));
         const std::uint32_t id = pack_id(p.segment.data());
         return static_cast<std::size_t>(
@@ -658,6 +334,13 @@ outcome::result<std::size_t> message::count(const hl7::path& p) const
     return static_cast<std::size_t>(std::count(v.raw().begin(), v.raw().end(), delims_.repetition)) + 1;
 }
 
+std::string_view message::control_id() const noexcept
+{
+    static const hl7::path msh10 = path::parse("MSH.10").value();
+    const auto v = get(msh10);
+    return v ? v.value().raw() : std::string_view{};
+}
+
 outcome::result<void> message::set(std::string_view text, std::string_view v)
 {
     BOOST_OUTCOME_TRY(auto p, path::parse(text));
@@ -666,12 +349,38 @@ outcome::result<void> message::set(std::string_view text, std::string_view v)
 
 outcome::result<void> message::set(const hl7::path& p, std::string_view v)
 {
+    return write(p, escape(v, delims_));
+}
+
+outcome::result<void> message::set(std::string_view text, std::initializer_list<std::string_view> parts)
+{
+    BOOST_OUTCOME_TRY(auto p, path::parse(text));
+    return set(p, std::span<const std::string_view>(parts.begin(), parts.size()));
+}
+
+outcome::result<void> message::set(const hl7::path& p, std::span<const std::string_view> parts)
+{
+    if (p.subcomponent)
+        return errc::invalid_path;
+    const char joint = p.component ? delims_.subcomponent : delims_.component;
+    std::string joined;
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        if (i)
+            joined += joint;
+        detail::append_escaped(joined, parts[i], delims_);
+    }
+    return write(p, joined);
+}
+
+// Puts `text`, already escaped, where `p` points.
+outcome::result<void> message::write(const hl7::path& p, std::string_view text)
+{
     if (p.field == 0 || (p.component && !p.repetition))
-        return errc::bad_path;
+        return errc::invalid_path;
     const std::uint32_t id = pack_id(p.segment.data());
     const bool header = id == msh_id || id == fhs_id || id == bhs_id;
     if (header && p.field <= 2)
-        return errc::bad_path;
+        return errc::invalid_path;
     BOOST_OUTCOME_TRY(check_path(p));
 
     // Build the new segment text aside, so that a refused path leaves the message as it was.
@@ -684,8 +393,8 @@ outcome::result<void> message::set(const hl7::path& p, std::string_view v)
         (p.repetition && !ensure_piece(s, b, e, delims_.repetition, p.repetition)) ||
         (p.component && !ensure_piece(s, b, e, delims_.component, p.component)) ||
         (p.subcomponent && !ensure_piece(s, b, e, delims_.subcomponent, p.subcomponent)))
-        return errc::bad_path;
-    s.replace(b, e - b, escape(v, delims_));
+        return errc::invalid_path;
+    s.replace(b, e - b, text);
     if (data_.size() + s.size() + 4 * std::size_t{p.occurrence} >= std::numeric_limits<std::uint32_t>::max())
         return boost::system::errc::make_error_code(boost::system::errc::value_too_large);
 
@@ -694,22 +403,24 @@ outcome::result<void> message::set(const hl7::path& p, std::string_view v)
     } else {
         // Missing segments go after the last one with this id, or after the last segment.
         std::uint32_t have = 0;
-        const segment_entry* last = &segments_.back();
+        std::size_t at = segments_.empty() ? data_.size() : segments_.back().end;
         for (const segment_entry& x : segments_)
             if (x.id == id) {
                 ++have;
-                last = &x;
+                at = x.end;
             }
         if (p.occurrence - have > max_created)
-            return errc::bad_path;
+            return errc::invalid_path;
         std::string added;
         for (; have + 1 < p.occurrence; ++have) {
-            added += '\r';
+            if (at + added.size() > 0)
+                added += '\r';
             added.append(p.segment.data(), 3);
         }
-        added += '\r';
+        if (at + added.size() > 0)
+            added += '\r';
         added += s;
-        data_.insert(last->end, added);
+        data_.insert(at, added);
     }
     index();
     return outcome::success();

@@ -138,11 +138,15 @@ void decoder::feed(std::string_view chunk) noexcept
     input_ = chunk;
 }
 
-outcome::result<std::string_view> decoder::next()
+std::optional<outcome::result<std::string_view>> decoder::next()
 {
+    // The view handed out last may point into partial_: only now may a large buffer go, so
+    // that one big frame does not pin its size for the rest of the connection.
+    if (state_ == state::idle && partial_.capacity() > retained_capacity)
+        std::string().swap(partial_);
     for (;;) {
         if (input_.empty())
-            return errc::need_more;
+            return std::nullopt;
 
         if (state_ != state::in_frame) {
             if (after_end_) {
@@ -162,7 +166,7 @@ outcome::result<std::string_view> decoder::next()
                 skipped_ += gap;
             if (!start) {
                 input_ = {};
-                return errc::need_more;
+                return std::nullopt;
             }
             input_.remove_prefix(gap + 1);
             state_ = state::in_frame;
@@ -181,11 +185,11 @@ outcome::result<std::string_view> decoder::next()
                 state_ = state::discarding;
                 partial_.clear();
                 input_.remove_prefix(window);
-                return errc::frame_too_large;
+                return outcome::result<std::string_view>(errc::frame_too_large);
             }
             append_capped(partial_, input_, max_frame_);
             input_ = {};
-            return errc::need_more;
+            return std::nullopt;
         }
 
         const auto length = static_cast<std::size_t>(found - input_.data());
@@ -193,7 +197,7 @@ outcome::result<std::string_view> decoder::next()
             // The new frame starts at this 0x0B: stay in_frame with an empty payload.
             partial_.clear();
             input_.remove_prefix(length + 1);
-            return errc::malformed_frame;
+            return outcome::result<std::string_view>(errc::invalid_frame);
         }
 
         std::string_view payload = input_.substr(0, length);
@@ -207,7 +211,7 @@ outcome::result<std::string_view> decoder::next()
             after_end_ = true;
         else if (input_.front() == carriage_return)
             input_.remove_prefix(1);
-        return payload;
+        return outcome::result<std::string_view>(payload);
     }
 }
 

@@ -255,15 +255,14 @@ void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completi
                                bool initiating)
 {
     const bool outer = std::exchange(initiating_, initiating);
-    static const path control_id_path = path::parse("MSH.10").value();
-    const auto control_id = msg.get(control_id_path);
-    if (!control_id || control_id.value().raw().empty()) {
+    const std::string_view control_id = msg.control_id();
+    if (control_id.empty()) {
         auto ex = asio::get_associated_executor(handler, strand_);
-        complete(std::move(handler), std::move(ex), boost::system::error_code(errc::missing_control_id), message{});
+        complete(std::move(handler), std::move(ex), boost::system::error_code(errc::missing_control_id), hl7::ack{});
         initiating_ = outer;
         return;
     }
-    std::string id_text(control_id.value().raw());
+    std::string id_text(control_id);
     payload p;
     if (options_.send_hook)
         p.hooked = options_.send_hook(msg.str());
@@ -347,17 +346,17 @@ void connection::close_impl(const std::shared_ptr<impl>& i, asio::any_completion
         asio::post(i->strand_, [close = std::move(close)]() mutable { close(false); });
 }
 
-asio::awaitable<outcome::result<message>> connection::send(message msg)
+asio::awaitable<outcome::result<hl7::ack>> connection::send(message msg)
 {
     // Without a coroutine frame of its own: the awaitable completes straight from the send's
     // handler, which makes the result of the error and the ACK. The awaiting coroutine's
     // executor and cancellation slot stay those of the send.
-    return asio::async_initiate<const asio::use_awaitable_t<>&, void(outcome::result<message>)>(
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(outcome::result<hl7::ack>)>(
         [i = impl_](auto handler, message m) {
             auto slot = asio::get_associated_cancellation_slot(handler);
             auto ex = asio::get_associated_executor(handler);
-            auto to_result = [h = std::move(handler)](boost::system::error_code ec, message ack) mutable {
-                std::move(h)(ec ? outcome::result<message>(ec) : outcome::result<message>(std::move(ack)));
+            auto to_result = [h = std::move(handler)](boost::system::error_code ec, hl7::ack ack) mutable {
+                std::move(h)(ec ? outcome::result<hl7::ack>(ec) : outcome::result<hl7::ack>(std::move(ack)));
             };
             send_impl(i, std::move(m), asio::bind_cancellation_slot(slot, asio::bind_executor(ex, std::move(to_result))));
         },
@@ -377,7 +376,7 @@ void connection::start()
     });
 }
 
-link_state connection::state() const noexcept
+connection_state connection::state() const noexcept
 {
     return impl_->state_.load(std::memory_order_relaxed);
 }

@@ -70,7 +70,7 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     const std::shared_ptr<detail::counter_block> counters_;
     const std::shared_ptr<boost::asio::ssl::context> tls_context_; // null: plaintext
     detail::connection_core core_;
-    std::atomic<link_state> state_{link_state::idle};
+    std::atomic<connection_state> state_{connection_state::idle};
     std::atomic<std::uint64_t> next_id_{1};
     // Sends not yet completed, in the order they were queued; they complete in that order
     // but for cancellations and immediate failures, so the one sought is nearly always first.

@@ -1,5 +1,6 @@
 #include <hl7/net/server.hpp>
 
+#include "model/recover.hpp"
 #include "net/strand.hpp"
 #include "net/tls.hpp"
 
@@ -30,43 +31,6 @@ using kind = server_event::kind;
 namespace {
 
 constexpr auto relaxed = std::memory_order_relaxed;
-
-std::string_view control_id_of(const message& m)
-{
-    return m.get("MSH.10").value().raw();
-}
-
-// A frame that starts with MSH yet does not parse has unusable MSH-1/MSH-2 (short of being
-// 4 GiB long), so its MSH-2 is never worth keeping; the sender still deserves an AE if its
-// MSH-10 can be read. This builds an MSH that make_ack can answer: the frame's field separator,
-// the default encoding characters, and MSH-3..MSH-16 as they are on the wire (MSH-15/16 decide
-// between AE and CE).
-std::optional<message> readable_header(std::string_view frame)
-{
-    if (frame.size() < 4 || !frame.starts_with("MSH"))
-        return std::nullopt;
-    const char separator = frame[3];
-    const std::string_view segment = frame.substr(0, frame.find_first_of("\r\n"));
-    std::vector<std::string_view> fields; // fields[k] is MSH-(k + 1), for k >= 1
-    for (std::size_t pos = 0;;) {
-        const std::size_t end = segment.find(separator, pos);
-        fields.push_back(segment.substr(pos, end - pos));
-        if (end == std::string_view::npos || fields.size() == 16)
-            break;
-        pos = end + 1;
-    }
-    if (fields.size() < 10 || fields[9].empty())
-        return std::nullopt;
-    std::string text{'M', 'S', 'H', separator, '^', '~', '\\', '&'};
-    for (std::size_t k = 2; k < fields.size(); ++k) {
-        text += separator;
-        text += fields[k];
-    }
-    auto m = message::parse(std::move(text));
-    if (!m)
-        return std::nullopt; // the field separator itself is unusable
-    return std::move(m).value();
-}
 
 } // namespace
 
@@ -141,7 +105,7 @@ struct server::impl {
                     }
                 });
             }
-            self->stop_deadline.expires_after(self->options.stop_timeout);
+            self->stop_deadline.expires_after(self->options.close_timeout);
             self->stop_deadline.async_wait([self](error_code ec) {
                 if (ec)
                     return; // every connection ended in time
@@ -250,13 +214,13 @@ struct server::impl {
             // Frames already read are dropped once stopping: only the one in hand is finished.
             while (!why && !s->stop_requested) {
                 auto frame = decoder.next();
-                if (frame) {
-                    why = co_await self->answer(*s, frame.value());
-                } else if (frame.error() == errc::need_more) {
+                if (!frame)
                     break;
+                if (*frame) {
+                    why = co_await self->answer(*s, frame->value());
                 } else {
                     self->errors.fetch_add(1, relaxed);
-                    self->report({.what = kind::bad_frame, .peer = s->peer, .error = frame.error()});
+                    self->report({.what = kind::bad_frame, .peer = s->peer, .error = frame->error()});
                 }
             }
         }
@@ -275,19 +239,19 @@ struct server::impl {
         outcome::result<message> reply = errc::not_hl7;
         if (!parsed) {
             errors.fetch_add(1, relaxed);
-            header = readable_header(frame);
-            control_id = header ? control_id_of(*header) : std::string_view{};
+            header = detail::recover_header(frame);
+            control_id = header ? header->control_id() : std::string_view{};
             report({.what = kind::unparsable, .peer = s.peer, .control_id = control_id, .error = parsed.error()});
             if (!header)
                 co_return error_code{};
             // 100: the header segment, required first, could not be read.
             const std::string text = parsed.error().message();
-            reply = make_ack(*header, ack_code::error, {.text = text, .error_code = 100});
+            reply = make_ack(*header, verdict::error, {.text = text, .error_code = 100});
         } else {
             const message& msg = parsed.value();
-            control_id = control_id_of(msg);
+            control_id = msg.control_id();
             report({.what = kind::received, .peer = s.peer, .control_id = control_id});
-            std::optional<message> handled;
+            std::optional<outcome::result<message>> handled;
             std::string failure;
             try {
                 handled = co_await options.handler(msg);
@@ -296,15 +260,18 @@ struct server::impl {
             } catch (...) {
                 failure = "unknown exception";
             }
-            if (handled) {
+            if (handled && (*handled || handled->error() == errc::no_ack_requested)) {
                 reply = std::move(*handled);
             } else {
+                if (handled)
+                    failure = handled->error().message();
                 errors.fetch_add(1, relaxed);
                 report({.what = kind::handler_error, .peer = s.peer, .control_id = control_id, .detail = failure});
-                reply = make_ack(msg, ack_code::error, {.error_code = 207, .error_text = failure});
+                reply = make_ack(msg, verdict::error, {.error_code = 207, .error_text = failure});
             }
         }
-        // A reply that could not be built (make_ack of a batch without MSH) is not sent.
+        // A reply that could not be built (make_ack of a batch without MSH, or of a message that
+    // asks for no acknowledgement) is not sent.
         if (!reply)
             co_return error_code{};
         static constexpr char trailer[] = {mllp::end_block, mllp::carriage_return};
@@ -331,8 +298,8 @@ outcome::result<server> server::create(executor_type ex, server_options options)
         return errc::invalid_host;
     const tcp::endpoint endpoint{address, options.port};
     if (!options.handler) {
-        options.handler = [](const message& m) -> asio::awaitable<message> {
-            co_return make_ack(m, ack_code::accept).value();
+        options.handler = [](const message& m) -> asio::awaitable<outcome::result<message>> {
+            co_return make_ack(m, verdict::accept);
         };
     }
     std::shared_ptr<asio::ssl::context> tls;
@@ -378,7 +345,7 @@ server& server::operator=(server&& other) noexcept
 {
     if (this != &other) {
         if (impl_)
-            stop_impl(impl_, {});
+            close_impl(impl_, {});
         impl_ = std::move(other.impl_);
     }
     return *this;
@@ -387,7 +354,7 @@ server& server::operator=(server&& other) noexcept
 server::~server()
 {
     if (impl_)
-        stop_impl(impl_, {});
+        close_impl(impl_, {});
 }
 
 tcp::endpoint server::local_endpoint() const
@@ -406,7 +373,7 @@ server::executor_type server::get_executor() const noexcept
     return impl_->ex;
 }
 
-void server::stop_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
+void server::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
 {
     // Never completes inside the initiating call: the handler reaches the strand by post.
     asio::post(i->strand, [i, handler = std::move(handler)]() mutable { impl::stop(i, std::move(handler)); });

@@ -18,7 +18,7 @@
 
 using namespace std::chrono_literals;
 using hl7::errc;
-using hl7::link_state;
+using hl7::connection_state;
 using core_clock = hl7::detail::clock;
 using action = hl7::detail::connection_core::action;
 using kind = action::kind;
@@ -41,7 +41,7 @@ struct harness {
     {
         hl7::connection_options o;
         o.reconnect.jitter = 0;
-        o.observer = [](const hl7::event&) {};
+        o.observer = [](const hl7::connection_event&) {};
         return o;
     }
 
@@ -125,7 +125,7 @@ struct harness {
         return std::any_of(acts.begin(), acts.end(), [k](const action& a) { return a.what == k; });
     }
 
-    std::size_t count_events(hl7::event::kind k) const
+    std::size_t count_events(hl7::connection_event::kind k) const
     {
         return static_cast<std::size_t>(
             std::count_if(events.begin(), events.end(), [k](const hl7::detail::owned_event& e) { return e.what == k; }));
@@ -160,7 +160,7 @@ TEST_CASE("a connection connects at once and writes a queued message when connec
     h.core.start(h.now);
     auto acts = h.drain();
     REQUIRE(h.has(acts, kind::connect));
-    CHECK(h.core.state() == link_state::connecting);
+    CHECK(h.core.state() == connection_state::connecting);
     CHECK(h.timer == h.now + h.options.connect_timeout);
     h.send(1);
     h.drain();
@@ -168,7 +168,7 @@ TEST_CASE("a connection connects at once and writes a queued message when connec
     CHECK(h.counters.queued == 1);
     h.connect_ok();
     h.drain();
-    CHECK(h.core.state() == link_state::connected);
+    CHECK(h.core.state() == connection_state::connected);
     CHECK(h.written == std::vector<std::uint64_t>{1});
     CHECK(h.counters.queued == 0);
     CHECK(h.timer <= h.now + h.options.ack_timeout);
@@ -179,12 +179,12 @@ TEST_CASE("a lazy connection stays idle until its first send")
     auto o = harness::defaults();
     o.lazy = true;
     harness h(o);
-    CHECK(h.core.state() == link_state::idle);
+    CHECK(h.core.state() == connection_state::idle);
     CHECK(h.drain().empty());
     h.send(1);
     auto acts = h.drain();
     CHECK(h.has(acts, kind::connect));
-    CHECK(h.core.state() == link_state::connecting);
+    CHECK(h.core.state() == connection_state::connecting);
 }
 
 TEST_CASE("the matching ACK completes the send, whatever its code")
@@ -202,19 +202,20 @@ TEST_CASE("the matching ACK completes the send, whatever its code")
         CHECK_FALSE(h.completed[id]);
         auto done = std::find_if(acts.begin(), acts.end(), [](const action& a) { return a.what == kind::complete; });
         REQUIRE(done != acts.end());
-        const hl7::message& ack = std::get<hl7::message>(done->data);
-        CHECK(ack.get("MSA.1") == codes[id - 1]);
-        CHECK(ack.get("MSA.2") == harness::cid(id));
+        const hl7::ack& ack = std::get<hl7::ack>(done->data);
+        CHECK(to_string(ack.code()) == codes[id - 1]);
+        CHECK(ack.control_id() == harness::cid(id));
+        CHECK(ack.round_trip() == 3ms);
     }
     CHECK(h.counters.sent == 6);
     CHECK(h.counters.acknowledged == 2);
     CHECK(h.counters.rejected == 4);
     CHECK(h.counters.failed == 0);
-    CHECK(h.core.state() == link_state::connected);
+    CHECK(h.core.state() == connection_state::connected);
     const auto& ack = *std::find_if(h.events.begin(), h.events.end(),
-                                    [](const auto& e) { return e.what == hl7::event::kind::acknowledged; });
+                                    [](const auto& e) { return e.what == hl7::connection_event::kind::acknowledged; });
     CHECK(ack.control_id == "C1");
-    CHECK(ack.ack_code == "AA");
+    CHECK(ack.code == hl7::ack_code::AA);
     CHECK(ack.round_trip == 3ms);
 }
 
@@ -265,12 +266,12 @@ TEST_CASE("an ACK with the wrong MSA-2 fails the message and resets the link")
     auto acts = h.drain();
     CHECK(h.completed[1] == errc::ack_mismatch);
     CHECK(h.has(acts, kind::close_socket));
-    CHECK(h.core.state() == link_state::backing_off);
+    CHECK(h.core.state() == connection_state::backing_off);
     CHECK(h.counters.failed == 1);
     h.fire();
     h.drain();
     CHECK(h.link != old_link);
-    CHECK(h.core.state() == link_state::connecting);
+    CHECK(h.core.state() == connection_state::connecting);
 }
 
 TEST_CASE("replies that are not acknowledgements fail the message as garbled")
@@ -289,8 +290,8 @@ TEST_CASE("replies that are not acknowledgements fail the message as garbled")
         h.core.written(h.link, {}, h.now);
         h.core.received(h.link, reply, h.now);
         h.drain();
-        CHECK(h.completed[1] == errc::garbled_ack);
-        CHECK(h.core.state() == link_state::backing_off);
+        CHECK(h.completed[1] == errc::invalid_ack);
+        CHECK(h.core.state() == connection_state::backing_off);
     }
 }
 
@@ -312,7 +313,7 @@ TEST_CASE("no ACK within the ACK timeout fails the message and resets the link")
     CHECK(h.has(acts, kind::close_socket));
     CHECK(h.counters.timed_out == 1);
     CHECK(h.counters.failed == 0);
-    CHECK(h.count_events(hl7::event::kind::timed_out) == 1);
+    CHECK(h.count_events(hl7::connection_event::kind::timed_out) == 1);
     // The late ACK on the old link is ignored.
     h.core.received(old_link, ack_frame("C1"), h.now);
     h.drain();
@@ -347,12 +348,12 @@ TEST_CASE("failed connection attempts back off exponentially up to the maximum, 
     h.drain();
     std::vector<core_clock::duration> delays;
     for (int attempt = 1; attempt <= 6; ++attempt) {
-        REQUIRE(h.core.state() == link_state::connecting);
+        REQUIRE(h.core.state() == connection_state::connecting);
         const auto failed_at = h.now;
         h.core.connect_failed(h.link, boost::asio::error::connection_refused, h.now);
         h.drain();
         if (attempt < 6) {
-            REQUIRE(h.core.state() == link_state::backing_off);
+            REQUIRE(h.core.state() == connection_state::backing_off);
             delays.push_back(h.timer - failed_at);
             h.fire();
             h.drain();
@@ -361,12 +362,12 @@ TEST_CASE("failed connection attempts back off exponentially up to the maximum, 
     CHECK(delays == std::vector<core_clock::duration>{100ms, 300ms, 900ms, 1s, 1s});
     std::vector<std::uint32_t> scheduled;
     for (const auto& e : h.events)
-        if (e.what == hl7::event::kind::reconnect_scheduled)
+        if (e.what == hl7::connection_event::kind::reconnect_scheduled)
             scheduled.push_back(e.attempt);
     CHECK(scheduled == std::vector<std::uint32_t>{2, 3, 4, 5, 6});
-    CHECK(h.core.state() == link_state::failed);
+    CHECK(h.core.state() == connection_state::failed);
     CHECK(h.completed[1] == errc::not_connected);
-    CHECK(h.count_events(hl7::event::kind::gave_up) == 1);
+    CHECK(h.count_events(hl7::connection_event::kind::gave_up) == 1);
     CHECK(h.events.back().attempt == 6);
     CHECK(h.events.back().error == boost::asio::error::connection_refused);
     CHECK(h.timer == core_clock::time_point::max());
@@ -376,7 +377,7 @@ TEST_CASE("failed connection attempts back off exponentially up to the maximum, 
     CHECK(h.completed[2] == errc::not_connected);
     h.core.start(h.now);
     h.drain();
-    CHECK(h.core.state() == link_state::connecting);
+    CHECK(h.core.state() == connection_state::connecting);
     CHECK(h.events.back().attempt == 1);
     h.connect_ok();
     h.send(3);
@@ -402,13 +403,13 @@ TEST_CASE("a successful connection resets the count of failed attempts")
         h.drain();
         h.connect_ok();
         h.drain();
-        REQUIRE(h.core.state() == link_state::connected);
+        REQUIRE(h.core.state() == connection_state::connected);
         h.core.read_failed(h.link, boost::asio::error::eof, h.now);
         h.drain();
         h.fire();
         h.drain();
     }
-    CHECK(h.core.state() == link_state::connecting);
+    CHECK(h.core.state() == connection_state::connecting);
     CHECK(h.counters.reconnects == 4);
 }
 
@@ -425,18 +426,18 @@ TEST_CASE("a certificate refused after the handshake fails the message with that
     for (int attempt = 1; attempt <= 3; ++attempt) {
         h.connect_ok();
         h.drain();
-        REQUIRE(h.core.state() == link_state::connected);
+        REQUIRE(h.core.state() == connection_state::connected);
         h.core.read_failed(h.link, errc::tls_no_client_certificate, h.now);
         h.drain();
         if (attempt < 3) {
-            REQUIRE(h.core.state() == link_state::backing_off);
+            REQUIRE(h.core.state() == connection_state::backing_off);
             h.fire();
             h.drain();
         }
     }
     CHECK(h.completed[1] == errc::tls_no_client_certificate);
-    CHECK(h.core.state() == link_state::failed);
-    CHECK(h.count_events(hl7::event::kind::gave_up) == 1);
+    CHECK(h.core.state() == connection_state::failed);
+    CHECK(h.count_events(hl7::connection_event::kind::gave_up) == 1);
 }
 
 TEST_CASE("a link dropped for another reason after connecting does not count as a failed attempt")
@@ -448,13 +449,13 @@ TEST_CASE("a link dropped for another reason after connecting does not count as 
     for (int round = 0; round < 5; ++round) {
         h.core.read_failed(h.link, boost::asio::error::connection_reset, h.now);
         h.drain();
-        REQUIRE(h.core.state() == link_state::backing_off);
+        REQUIRE(h.core.state() == connection_state::backing_off);
         h.fire();
         h.drain();
         h.connect_ok();
         h.drain();
     }
-    CHECK(h.core.state() == link_state::connected);
+    CHECK(h.core.state() == connection_state::connected);
 }
 
 TEST_CASE("a reconnect policy without a maximum never gives up")
@@ -467,7 +468,7 @@ TEST_CASE("a reconnect policy without a maximum never gives up")
     for (int i = 0; i < 1000; ++i) {
         h.core.connect_failed(h.link, boost::asio::error::connection_refused, h.now);
         h.drain();
-        REQUIRE(h.core.state() == link_state::backing_off);
+        REQUIRE(h.core.state() == connection_state::backing_off);
         CHECK(h.timer - h.now <= 50ms);
         h.fire();
         h.drain();
@@ -483,14 +484,14 @@ TEST_CASE("a connection attempt that outlasts the connect timeout counts as a fa
     h.advance(h.options.connect_timeout);
     auto acts = h.drain();
     CHECK(h.has(acts, kind::close_socket));
-    CHECK(h.core.state() == link_state::backing_off);
-    REQUIRE(h.count_events(hl7::event::kind::reconnect_scheduled) == 1);
+    CHECK(h.core.state() == connection_state::backing_off);
+    REQUIRE(h.count_events(hl7::connection_event::kind::reconnect_scheduled) == 1);
     CHECK(h.events.back().error == errc::connect_timeout);
     // The aborted attempt's late report is ignored.
     h.core.connect_failed(first, boost::asio::error::operation_aborted, h.now);
     h.core.connected(first, {}, h.now);
     h.drain();
-    CHECK(h.core.state() == link_state::backing_off);
+    CHECK(h.core.state() == connection_state::backing_off);
 }
 
 TEST_CASE("with TLS, the handshake has its own timeout and its expiry is named")
@@ -506,13 +507,13 @@ TEST_CASE("with TLS, the handshake has its own timeout and its expiry is named")
     h.drain();
     CHECK(h.timer == h.now + 3s);
     h.fire();
-    CHECK(h.core.state() == link_state::backing_off);
-    REQUIRE(h.count_events(hl7::event::kind::reconnect_scheduled) == 1);
+    CHECK(h.core.state() == connection_state::backing_off);
+    REQUIRE(h.count_events(hl7::connection_event::kind::reconnect_scheduled) == 1);
     CHECK(h.events.back().error == errc::tls_handshake_timeout);
     // The next attempt starts with the connect timeout again.
     h.fire();
     h.drain();
-    CHECK(h.core.state() == link_state::connecting);
+    CHECK(h.core.state() == connection_state::connecting);
     h.advance(h.options.connect_timeout);
     h.drain();
     CHECK(h.events.back().error == errc::connect_timeout);
@@ -530,7 +531,7 @@ TEST_CASE("a dropped link fails the message in flight and sends the queued ones,
     auto acts = h.drain();
     CHECK(h.completed[1] == errc::connection_lost);
     CHECK(h.has(acts, kind::close_socket));
-    CHECK(h.count_events(hl7::event::kind::disconnected) == 1);
+    CHECK(h.count_events(hl7::connection_event::kind::disconnected) == 1);
     h.fire();
     h.drain();
     h.connect_ok();
@@ -563,7 +564,7 @@ TEST_CASE("reports from a link that was reset are ignored")
     h.core.read_failed(old_link, boost::asio::error::operation_aborted, h.now);
     h.core.received(old_link, ack_frame("C2"), h.now);
     h.drain();
-    CHECK(h.core.state() == link_state::connected);
+    CHECK(h.core.state() == connection_state::connected);
     CHECK(h.completed.count(2) == 0);
     h.core.written(h.link, {}, h.now);
     h.ack(2);
@@ -581,7 +582,7 @@ TEST_CASE("a failed write fails the message in flight as connection_lost")
     h.drain();
     CHECK(h.completed[1] == errc::connection_lost);
     CHECK(h.counters.sent == 0);
-    CHECK(h.core.state() == link_state::backing_off);
+    CHECK(h.core.state() == connection_state::backing_off);
 }
 
 TEST_CASE("a full queue refuses the next message")
@@ -646,7 +647,7 @@ TEST_CASE("close fails queued messages, lets the one in flight finish, then clos
     auto acts = h.drain();
     CHECK(h.completed[2] == errc::closed);
     CHECK(h.completed.count(1) == 0);
-    CHECK(h.core.state() == link_state::closing);
+    CHECK(h.core.state() == connection_state::closing);
     CHECK_FALSE(h.has(acts, kind::closed));
     h.send(3);
     h.drain();
@@ -656,7 +657,7 @@ TEST_CASE("close fails queued messages, lets the one in flight finish, then clos
     CHECK_FALSE(h.completed[1]);
     CHECK(h.has(acts, kind::close_socket));
     CHECK(h.has(acts, kind::closed));
-    CHECK(h.core.state() == link_state::closed);
+    CHECK(h.core.state() == connection_state::closed);
     CHECK(h.timer == core_clock::time_point::max());
     // Idempotent: closing again reports closed again, and nothing reconnects.
     h.core.close(h.now);
@@ -699,7 +700,7 @@ TEST_CASE("close while backing off or connecting closes at once")
     b.drain();
     b.core.close(b.now);
     CHECK(b.has(b.drain(), kind::closed));
-    CHECK(b.core.state() == link_state::closed);
+    CHECK(b.core.state() == connection_state::closed);
 }
 
 TEST_CASE("cancelling a queued message removes it unsent")
@@ -748,8 +749,8 @@ TEST_CASE("a frame that arrives while nothing is in flight is discarded")
     h.core.received(h.link, ack_frame("NOBODY"), h.now);
     h.drain();
     CHECK(h.counters.discarded == 1);
-    CHECK(h.count_events(hl7::event::kind::discarded) == 1);
-    CHECK(h.core.state() == link_state::connected);
+    CHECK(h.count_events(hl7::connection_event::kind::discarded) == 1);
+    CHECK(h.core.state() == connection_state::connected);
 }
 
 TEST_CASE("a stray frame in the same bytes as the right ACK never answers the next message")

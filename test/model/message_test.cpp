@@ -86,7 +86,7 @@ TEST_CASE("a path below MSH.1 or MSH.2 is a bad path")
     for (const char* p : {"MSH.1.1", "MSH.2.1", "MSH.2[1]", "MSH.1[2]"}) {
         auto v = m.get(p);
         REQUIRE_MESSAGE(v.has_error(), p);
-        CHECK(v.error() == hl7::errc::bad_path);
+        CHECK(v.error() == hl7::errc::invalid_path);
     }
 }
 
@@ -158,13 +158,13 @@ TEST_CASE("a segment id that is neither standard nor a Z-segment is a bad path")
     for (const char* p : {"PDI.5", "XYZ.1", "ABC", "QQQ[2].1"}) {
         auto v = m.get(p);
         REQUIRE_MESSAGE(v.has_error(), p);
-        CHECK(v.error() == hl7::errc::bad_path);
+        CHECK(v.error() == hl7::errc::invalid_path);
     }
     CHECK(absent(m, "PV2.3"));
     CHECK(absent(m, "ZPD.1"));
     auto n = m.count("PDI");
     REQUIRE(n.has_error());
-    CHECK(n.error() == hl7::errc::bad_path);
+    CHECK(n.error() == hl7::errc::invalid_path);
 }
 
 TEST_CASE("a non-standard segment that the message carries can be addressed")
@@ -180,7 +180,7 @@ TEST_CASE("a malformed path given to a lookup is a bad path error")
     for (const char* p : {"PID.0", "pid.5", "PID..5", "PID.5.", "PID[0].1", "PID.-1"}) {
         auto v = m.get(p);
         REQUIRE_MESSAGE(v.has_error(), p);
-        CHECK(v.error() == hl7::errc::bad_path);
+        CHECK(v.error() == hl7::errc::invalid_path);
         CHECK_FALSE(v == "");
     }
 }
@@ -215,7 +215,7 @@ TEST_CASE("segments are counted by id and repetitions by field")
     for (const char* p : {"PID.3[1]", "PID.3.1", "OBX[2]"}) {
         auto n = adt.count(p);
         REQUIRE_MESSAGE(n.has_error(), p);
-        CHECK(n.error() == hl7::errc::bad_path);
+        CHECK(n.error() == hl7::errc::invalid_path);
     }
 }
 
@@ -309,7 +309,7 @@ TEST_CASE("input that is not HL7 is a not_hl7 error")
     }
 }
 
-TEST_CASE("unusable delimiters are a bad_encoding_characters error")
+TEST_CASE("unusable delimiters are a invalid_encoding_characters error")
 {
     const char* bad[] = {"MSH",           "MSH|",         "MSH|^~\\|A",   "MSH|^~\\&$%|A", "MSH|^^\\&|A",
                          "MSH|A~\\&|A",   "MSH|^~\\1|A",  "MSH|^~|\\&",   "MSH\r^~\\&",    "MSH|^~\\|&",
@@ -317,7 +317,7 @@ TEST_CASE("unusable delimiters are a bad_encoding_characters error")
     for (const char* text : bad) {
         auto m = message::parse(std::string_view(text));
         REQUIRE_MESSAGE(m.has_error(), std::string(text));
-        CHECK_MESSAGE(m.error() == hl7::errc::bad_encoding_characters, text);
+        CHECK_MESSAGE(m.error() == hl7::errc::invalid_encoding_characters, text);
     }
     CHECK(message::parse(std::string_view("MSH|^~\\&")).has_value());
 }
@@ -423,6 +423,53 @@ TEST_CASE("set escapes CR and LF so that a value cannot break a segment")
     CHECK(m.segment_count() == 10);
 }
 
+TEST_CASE("set escapes the MLLP block bytes so that a value cannot cut the message's frame short")
+{
+    message m = parsed(adt_text);
+    const std::string value = std::string("before") + '\x1c' + "\r" + '\x0b' + "after";
+    REQUIRE(m.set("NTE.3", value));
+    CHECK(raw(m, "NTE.3") == R"(before\X1C\\X0D\\X0B\after)");
+    CHECK(decoded(m, "NTE.3") == value);
+    CHECK(m.str().find_first_of("\x0b\x1c") == std::string_view::npos);
+    CHECK(hl7::escape(std::string(1, '\x1c')) == "\\X1C\\");
+    CHECK(hl7::escape(std::string(1, '\x0b')) == "\\X0B\\");
+}
+
+TEST_CASE("a composite value is set from its parts, each escaped, joined by the level's delimiter")
+{
+    message m = parsed(adt_text);
+    REQUIRE(m.set("MSH.9", {"ORU", "R01", "ORU_R01"}));
+    CHECK(raw(m, "MSH.9") == "ORU^R01^ORU_R01");
+    CHECK(raw(m, "MSH.9.2") == "R01");
+    REQUIRE(m.set("PID.5", {"O'NEIL|JR", "MARY^ANN"}));
+    CHECK(raw(m, "PID.5") == "O'NEIL\\F\\JR^MARY\\S\\ANN");
+    CHECK(decoded(m, "PID.5.2") == "MARY^ANN");
+    REQUIRE(m.set("PID.3[2].4", {"HOSP", "1.2.3", "ISO"}));
+    CHECK(raw(m, "PID.3[2].4") == "HOSP&1.2.3&ISO");
+    CHECK(raw(m, "PID.3[2].4.2") == "1.2.3");
+    REQUIRE(m.set("ZZZ.1", {}));
+    CHECK(m.get("ZZZ.1").value().present());
+    CHECK(raw(m, "ZZZ.1").empty());
+    CHECK(m.set("PID.3.4.1", {"a", "b"}).error() == hl7::errc::invalid_path);
+    CHECK(m.set("MSH.2", {"a"}).error() == hl7::errc::invalid_path);
+}
+
+TEST_CASE("control_id is MSH-10 as on the wire, empty when absent")
+{
+    CHECK(parsed(adt_text).control_id() == parsed(adt_text).get("MSH.10").value().raw());
+    CHECK_FALSE(parsed(adt_text).control_id().empty());
+    CHECK(parsed("MSH|^~\\&|A\r").control_id().empty());
+    CHECK(message{}.control_id().empty());
+}
+
+TEST_CASE("set on an empty message creates the segment without a leading terminator")
+{
+    message m;
+    REQUIRE(m.set("ZXY.2", "v"));
+    CHECK(m.str() == "ZXY||v");
+    CHECK(raw(m, "ZXY.2") == "v");
+}
+
 TEST_CASE("set on a field path replaces the whole field with all its repetitions")
 {
     message m = parsed(adt_text);
@@ -482,7 +529,7 @@ TEST_CASE("set refuses MSH.1, MSH.2, segment paths, unknown segments and malform
     for (const char* p : {"MSH.1", "MSH.2", "MSH.2.1", "PID", "OBX[2]", "PDI.1", "PID.0", "pid.1", "PID.1."}) {
         auto r = m.set(p, "x");
         REQUIRE_MESSAGE(r.has_error(), p);
-        CHECK(r.error() == hl7::errc::bad_path);
+        CHECK(r.error() == hl7::errc::invalid_path);
     }
     CHECK(m.str() == adt_text);
 }
@@ -494,7 +541,7 @@ TEST_CASE("set refuses to create more than 65535 parts at one level and leaves t
                           "OBX[4].99999"}) {
         auto r = m.set(p, "x");
         REQUIRE_MESSAGE(r.has_error(), p);
-        CHECK(r.error() == hl7::errc::bad_path);
+        CHECK(r.error() == hl7::errc::invalid_path);
         CHECK(m.str() == adt_text);
     }
     REQUIRE(m.set("ZPD[65535].1", "x"));
@@ -568,7 +615,7 @@ TEST_CASE("create leaves out an empty message structure and honours custom delim
     CHECK(raw(m.value(), "MSH.12") == "2.3");
     auto bad = message::create({.delimiters = {'|', '|', '~', '\\', '&', '\0'}});
     REQUIRE(bad.has_error());
-    CHECK(bad.error() == hl7::errc::bad_encoding_characters);
+    CHECK(bad.error() == hl7::errc::invalid_encoding_characters);
 }
 
 TEST_CASE("a built message serialises to bytes that parse back to the same message")

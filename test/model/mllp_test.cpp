@@ -51,7 +51,7 @@ const std::string eb(1, hl7::mllp::end_block);
 const std::string cr(1, hl7::mllp::carriage_return);
 const std::string lf = "\n";
 
-// What next() returned: a payload or an error other than need_more.
+// What next() returned: a payload or an error.
 using event = std::variant<std::string, errc>;
 
 struct decoded {
@@ -62,25 +62,22 @@ struct decoded {
     bool operator==(const decoded&) const = default;
 };
 
-// Calls next() until need_more.
+// Calls next() until it has nothing more.
 std::vector<event> drain(decoder& d)
 {
     std::vector<event> events;
-    for (;;) {
-        auto frame = d.next();
-        if (frame) {
-            events.emplace_back(std::string(frame.value()));
+    while (auto frame = d.next()) {
+        if (*frame) {
+            events.emplace_back(std::string(frame->value()));
             continue;
         }
-        REQUIRE(frame.error().category() == hl7::error_category());
-        const auto e = static_cast<errc>(frame.error().value());
-        if (e == errc::need_more)
-            return events;
-        events.emplace_back(e);
+        REQUIRE(frame->error().category() == hl7::error_category());
+        events.emplace_back(static_cast<errc>(frame->error().value()));
     }
+    return events;
 }
 
-// Feeds one chunk and calls next() until need_more; the chunk outlives the calls.
+// Feeds one chunk and calls next() until it has nothing more; the chunk outlives the calls.
 std::vector<event> feed(decoder& d, const std::string& chunk)
 {
     d.feed(chunk);
@@ -162,7 +159,7 @@ test_stream make_hostile_stream()
     add(sb + "hello" + eb + cr + lf, {"hello"});
     add(sb + eb + cr, {""});
     add(sb + "bare" + eb, {"bare"});
-    add(sb + "ab" + sb + "cd" + eb + cr, {errc::malformed_frame, "cd"});
+    add(sb + "ab" + sb + "cd" + eb + cr, {errc::invalid_frame, "cd"});
     add(sb + std::string(17, 'x') + eb + cr + "zz", {errc::frame_too_large});
     add(sb + std::string(16, 'y') + eb + cr, {std::string(16, 'y')});
     add(sb + std::string(20, 'x') + sb + "in" + eb + cr, {errc::frame_too_large, "in"});
@@ -239,9 +236,9 @@ TEST_CASE("a new decoder has the default maximum frame size and is outside any f
     CHECK(d.max_frame() == std::size_t{16} << 20);
     CHECK_FALSE(d.in_frame());
     CHECK(d.skipped_bytes() == 0);
-    CHECK(d.next().error() == errc::need_more);
+    CHECK_FALSE(d.next().has_value());
     d.feed("");
-    CHECK(d.next().error() == errc::need_more);
+    CHECK_FALSE(d.next().has_value());
     CHECK(decoder(42).max_frame() == 42);
 }
 
@@ -271,11 +268,12 @@ TEST_CASE("many frames in one chunk all decode, in order, as views into the chun
         CAPTURE(i);
         auto frame = d.next();
         REQUIRE(frame.has_value());
-        CHECK(frame.value() == "MSH|" + std::to_string(i));
-        CHECK(frame.value().data() == stream.data() + offset + 1);
-        offset += frame.value().size() + hl7::mllp::overhead;
+        REQUIRE(frame->has_value());
+        CHECK(frame->value() == "MSH|" + std::to_string(i));
+        CHECK(frame->value().data() == stream.data() + offset + 1);
+        offset += frame->value().size() + hl7::mllp::overhead;
     }
-    CHECK(d.next().error() == errc::need_more);
+    CHECK_FALSE(d.next().has_value());
     CHECK(d.skipped_bytes() == 0);
 }
 
@@ -286,13 +284,15 @@ TEST_CASE("a frame wholly inside one chunk is returned as a view into that chunk
     d.feed(stream);
     auto first = d.next();
     REQUIRE(first.has_value());
-    CHECK(first.value() == "first");
-    CHECK(first.value().data() == stream.data() + 5);
+    REQUIRE(first->has_value());
+    CHECK(first->value() == "first");
+    CHECK(first->value().data() == stream.data() + 5);
     auto second = d.next();
     REQUIRE(second.has_value());
-    CHECK(second.value() == "second");
-    CHECK(second.value().data() == stream.data() + 4 + encode("first").size() + 1);
-    CHECK(d.next().error() == errc::need_more);
+    REQUIRE(second->has_value());
+    CHECK(second->value() == "second");
+    CHECK(second->value().data() == stream.data() + 4 + encode("first").size() + 1);
+    CHECK_FALSE(d.next().has_value());
 }
 
 TEST_CASE("a frame split across chunks is gathered into one payload")
@@ -436,7 +436,7 @@ TEST_CASE("frame_too_large is reported as soon as the limit is passed, not at th
 
 TEST_CASE("a 0x0B within the first max_frame bytes of a frame is malformed, not too large")
 {
-    CHECK(decode_whole(sb + std::string(8, 'a') + sb + "b" + eb, 8) == decoded{{errc::malformed_frame, "b"}, 0, false});
+    CHECK(decode_whole(sb + std::string(8, 'a') + sb + "b" + eb, 8) == decoded{{errc::invalid_frame, "b"}, 0, false});
     CHECK(decode_whole(sb + std::string(9, 'a') + sb + "b" + eb, 8) == decoded{{errc::frame_too_large, "b"}, 0, false});
 }
 
@@ -450,10 +450,8 @@ TEST_CASE("an oversized frame split across many chunks is reported once and is n
     std::size_t other = 0;
     d.feed(sb);
     for (int i = 0; i < 150000; ++i) {  // about 1 MiB
-        for (;;) {
-            auto r = d.next();
-            if (r.has_error() && r.error() == errc::need_more)
-                break;
+        while (auto step = d.next()) {
+            auto& r = *step;
             if (r.has_error() && r.error() == errc::frame_too_large)
                 ++too_large;
             else
@@ -476,19 +474,19 @@ TEST_CASE("a 0x0B inside an unfinished frame is malformed and the frame starting
 {
     SUBCASE("in one chunk")
     {
-        CHECK(decode_whole(sb + "MSH|broken" + encode("MSH|good")) == decoded{{errc::malformed_frame, "MSH|good"}, 0, false});
+        CHECK(decode_whole(sb + "MSH|broken" + encode("MSH|good")) == decoded{{errc::invalid_frame, "MSH|good"}, 0, false});
     }
     SUBCASE("with the new 0x0B in a later chunk")
     {
         decoder d;
         CHECK(feed(d, sb + "MSH|bro").empty());
-        CHECK(feed(d, "ken" + sb + "MSH|go") == std::vector<event>{errc::malformed_frame});
+        CHECK(feed(d, "ken" + sb + "MSH|go") == std::vector<event>{errc::invalid_frame});
         CHECK(d.in_frame());
         CHECK(feed(d, "od" + eb + cr) == std::vector<event>{"MSH|good"});
     }
     SUBCASE("twice in a row")
     {
-        CHECK(decode_whole(sb + sb + sb + "x" + eb) == decoded{{errc::malformed_frame, errc::malformed_frame, "x"}, 0, false});
+        CHECK(decode_whole(sb + sb + sb + "x" + eb) == decoded{{errc::invalid_frame, errc::invalid_frame, "x"}, 0, false});
     }
 }
 
@@ -508,9 +506,9 @@ TEST_CASE("in_frame tells whether a frame has started and not yet ended")
 
     const std::string restart = sb + "a" + sb + "b";
     d.feed(restart);
-    CHECK(d.next().error() == errc::malformed_frame);
+    CHECK(d.next().value().error() == errc::invalid_frame);
     CHECK(d.in_frame());  // the frame that starts at the second 0x0B
-    CHECK(d.next().error() == errc::need_more);
+    CHECK_FALSE(d.next().has_value());
     CHECK(d.in_frame());
 }
 
@@ -540,7 +538,7 @@ TEST_CASE("random bytes in random chunkings never break the decoder's guarantees
                 REQUIRE(payload->find_first_of(sb + eb) == std::string::npos);
             } else {
                 const errc error = std::get<errc>(e);
-                REQUIRE((error == errc::frame_too_large || error == errc::malformed_frame));
+                REQUIRE((error == errc::frame_too_large || error == errc::invalid_frame));
             }
         }
         REQUIRE(whole.skipped <= stream.size());

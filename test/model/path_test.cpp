@@ -70,7 +70,7 @@ TEST_CASE("an explicit repetition without a component names one whole repetition
     CHECK(p.component == 0);
 }
 
-TEST_CASE("malformed paths are bad_path errors, never crashes")
+TEST_CASE("malformed paths are invalid_path errors, never crashes")
 {
     const char* bad[] = {
         "",            "P",           "PI",          "pid.5",       "Pid.5",       "PIDX.1",     "1ID.1",
@@ -84,7 +84,7 @@ TEST_CASE("malformed paths are bad_path errors, never crashes")
         auto p = path::parse(text);
         CHECK_MESSAGE(p.has_error(), text);
         if (p.has_error())
-            CHECK(p.error() == hl7::errc::bad_path);
+            CHECK(p.error() == hl7::errc::invalid_path);
     }
 }
 
@@ -118,7 +118,7 @@ TEST_CASE("random path texts never crash the path parser")
             ++accepted;
             CHECK(parsed(p.value().to_string()) == p.value());
         } else {
-            CHECK(p.error() == hl7::errc::bad_path);
+            CHECK(p.error() == hl7::errc::invalid_path);
         }
     }
     CHECK(accepted > 0);

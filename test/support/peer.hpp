@@ -39,11 +39,11 @@ public:
     asio::awaitable<std::optional<std::string>> read_frame()
     {
         for (;;) {
-            auto frame = decoder.next();
-            if (frame)
-                co_return std::string(frame.value());
-            if (frame.error() != errc::need_more)
+            if (auto frame = decoder.next()) {
+                if (*frame)
+                    co_return std::string(frame->value());
                 continue;
+            }
             auto [ec, n] = co_await socket.async_read_some(asio::buffer(buffer), asio::as_tuple(asio::use_awaitable));
             if (ec)
                 co_return std::nullopt;
@@ -82,7 +82,7 @@ public:
     }
 
     /// Answers `m` with a generated ACK.
-    asio::awaitable<bool> reply(const message& m, ack_code code = ack_code::accept)
+    asio::awaitable<bool> reply(const message& m, verdict code = verdict::accept)
     {
         // Named, not a temporary: GCC 12 mishandles temporaries that live across a co_await.
         const std::string ack = ack_bytes(m, code);
@@ -90,7 +90,7 @@ public:
     }
 
     /// The framed ACK of `m`.
-    static std::string ack_bytes(const message& m, ack_code code = ack_code::accept, ack_options options = {})
+    static std::string ack_bytes(const message& m, verdict code = verdict::accept, ack_options options = {})
     {
         return mllp::encode(make_ack(m, code, options).value().str());
     }

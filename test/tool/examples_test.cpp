@@ -18,7 +18,7 @@ void run_example(const char* variable)
     const auto out = lines(r.out);
     CHECK(out.size() == 2);
     CHECK(std::count(out.begin(), out.end(), "ADT MSG00001: CA (accepted)") == 1);
-    CHECK(std::count(out.begin(), out.end(), "ORU MSG00002: CA (accepted)") == 1);
+    CHECK(std::count(out.begin(), out.end(), "ORU MSG00002: AA (accepted)") == 1);
 
     // Each listener got its own message, once.
     const auto adt_seen = lines(adt.stop().out);

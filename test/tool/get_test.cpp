@@ -1,5 +1,8 @@
 // `hl7 get`: values by path from files and standard input, decoded or raw, and its errors.
 #include "support/tool_util.hpp"
+#include "support/util.hpp"
+
+#include <hl7/model/message.hpp>
 
 #include <doctest/doctest.h>
 
@@ -43,15 +46,24 @@ TEST_CASE("get reads the message from standard input, plain or MLLP-framed, with
     }
 }
 
-TEST_CASE("a bad path exits 2 with a message naming the path")
+TEST_CASE("an invalid path exits 2 with a message naming the path")
 {
-    for (const char* path : {"PID.0", "pid.5", "PID..1", "PDI.5", "MSH.1.1"}) {
+    for (const char* path : {"PID.0", "pid.5", "PID..1", "MSH.1.1", "PDI.5"}) {
         CAPTURE(path);
         const auto r = run({tool(), "get", "PID.5.1", path, "--file", sample("adt_a01.hl7")});
         CHECK(r.status == 2);
         CHECK(r.out == "");
-        CHECK(r.err == "hl7: bad path '" + std::string(path) + "'\n");
+        CHECK(r.err == "hl7: invalid path '" + std::string(path) + "'\n");
     }
+}
+
+TEST_CASE("get reads a non-standard segment that the message carries, by the same rule as the library")
+{
+    const std::string text = "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|X1|P|2.5.1\nXYZ|first|second\n";
+    CHECK(hl7::message::parse(hl7::test::cr(text)).value().get("XYZ.2") == "second");
+    const auto r = run({tool(), "get", "XYZ.1", "XYZ.2"}, text);
+    CHECK(r.status == 0);
+    CHECK(r.out == "first\nsecond\n");
 }
 
 TEST_CASE("input that does not parse exits 1 with a message")

@@ -177,7 +177,7 @@ TEST_CASE("listen's AR for a message without MSH-9 carries HL7 error 101 in an E
         auto msg = hl7::message::parse(hl7::test::read_sample("adt_a01_no_type.hl7")).value();
         const auto ack = co_await conn.send(std::move(msg));
         REQUIRE(ack.has_value());
-        const hl7::message& a = ack.value();
+        const hl7::message& a = ack.value().message();
         CHECK(a.get("MSA.1") == "AR");
         CHECK(a.get("MSA.2") == "MSG00003");
         CHECK(a.get("ERR.2") == "MSH^1^9");

@@ -70,7 +70,7 @@ finished send(const listener& l, std::vector<std::string> args, std::string_view
 
 } // namespace
 
-TEST_CASE("the samples sent to hl7 listen over IPv4 each get a result line with CA, and send exits 0")
+TEST_CASE("the samples sent to hl7 listen over IPv4 each get a result line with the code they ask for, and send exits 0")
 {
     listener l;
     const auto r = send(l, {sample("adt_a01.hl7"), sample("oru_r01.hl7")});
@@ -78,8 +78,8 @@ TEST_CASE("the samples sent to hl7 listen over IPv4 each get a result line with 
     CHECK(r.err == "");
     const auto out = lines(r.out);
     REQUIRE(out.size() == 2);
-    check_acknowledged(out[0], 1, "MSG00001", "CA"); // the samples ask for enhanced mode
-    check_acknowledged(out[1], 2, "MSG00002", "CA");
+    check_acknowledged(out[0], 1, "MSG00001", "CA"); // MSH-15 AL: the accept acknowledgement
+    check_acknowledged(out[1], 2, "MSG00002", "AA"); // MSH-15 NE, MSH-16 AL: the application one
     CHECK(l.stop().status == 0);
 }
 

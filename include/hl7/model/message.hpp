@@ -1,112 +1,30 @@
-// The HL7 v2 message model: parsing, path lookups, escapes, editing and building.
+// The HL7 v2 message model: parsing, path lookups, editing and building.
 //
 // A message owns its bytes. Parsing reads the delimiters from MSH-1/MSH-2 and builds an
 // index of segments and field separators once; a lookup goes straight to its segment and
 // field through the index and scans only inside that field. Bytes are never re-encoded:
-// UTF-8, Latin-1 or any other 8-bit text passes through unchanged.
-//
-// Paths are one-based: `SEG[n].F[r].C.S`
-//   MSA.1        first field of the first MSA segment
-//   PID.5.1      first component of PID-5 (repetition 1)
-//   PID.5.1.1    first subcomponent of that component
-//   PID.3        the whole of PID-3, all repetitions
-//   PID.3[2].1   first component of the second repetition of PID-3
-//   OBX[2].5     fifth field of the second OBX segment
-//   OBX[2]       the whole second OBX segment
-//   MSH.1        the field separator itself;  MSH.2  the encoding characters
-// A path that goes below the field level takes repetition 1 unless `[r]` says otherwise.
+// UTF-8, Latin-1 or any other 8-bit text passes through unchanged. Paths are described in
+// <hl7/model/path.hpp>, escapes in <hl7/model/escape.hpp>.
 //
 // Thread safety: a message is a value type. Concurrent reads of one message are safe;
 // a write (set) must not run concurrently with any other access to the same message.
 #pragma once
 
 #include <hl7/error.hpp>
+#include <hl7/model/delimiters.hpp>
+#include <hl7/model/escape.hpp>
+#include <hl7/model/path.hpp>
 
-#include <boost/outcome/result.hpp>
-
-#include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 namespace hl7 {
-
-namespace outcome = BOOST_OUTCOME_V2_NAMESPACE;
-
-namespace detail {
-
-// An allocator whose resize() leaves new elements uninitialised: the separator index is
-// sized before it is filled, and zeroing it first would cost as much as filling it.
-template <class T>
-struct default_init_allocator : std::allocator<T> {
-    template <class U>
-    struct rebind {
-        using other = default_init_allocator<U>;
-    };
-    using std::allocator<T>::allocator;
-    template <class U>
-    void construct(U* p) noexcept
-    {
-        ::new (static_cast<void*>(p)) U;
-    }
-    template <class U, class... Args>
-    void construct(U* p, Args&&... args)
-    {
-        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-    }
-};
-
-} // namespace detail
-
-/// The delimiters of a message: MSH-1 and the characters of MSH-2.
-struct delimiters {
-    char field = '|';
-    char component = '^';
-    char repetition = '~';
-    char escape = '\\';
-    char subcomponent = '&';
-    /// The optional fifth encoding character (HL7 v2.7 and later); '\0' when absent.
-    char truncation = '\0';
-
-    friend bool operator==(const delimiters&, const delimiters&) = default;
-};
-
-/// A parsed path (see the top of this header for the syntax). Parse one from text with
-/// path::parse, or keep a parsed path and change its members, e.g. to walk OBX segments:
-///
-///     auto p = hl7::path::parse("OBX.5").value();
-///     for (p.occurrence = 1; p.occurrence <= n; ++p.occurrence) use(msg.get(p));
-struct path {
-    /// The segment identifier, e.g. {'P','I','D'}.
-    std::array<char, 3> segment{};
-    /// Which segment with that identifier, from 1 (`OBX[2]`).
-    std::uint32_t occurrence = 1;
-    /// The field, from 1; 0 names the whole segment.
-    std::uint32_t field = 0;
-    /// The repetition, from 1; 0 names the whole field with all its repetitions, and is
-    /// only valid when component is 0.
-    std::uint32_t repetition = 0;
-    /// The component, from 1; 0 names the whole repetition.
-    std::uint32_t component = 0;
-    /// The subcomponent, from 1; 0 names the whole component.
-    std::uint32_t subcomponent = 0;
-
-    /// Parses `SEG[n].F[r].C.S`. A missing `[r]` below the field level means repetition 1.
-    /// Fails with errc::bad_path when the text is malformed: a segment id that is not an
-    /// uppercase letter followed by two uppercase letters or digits, an index that is zero,
-    /// negative, empty or not a number, an empty part, a trailing dot, more than four parts,
-    /// or `[r]` anywhere but on the segment and the field. Whether the segment id is a
-    /// known one is checked at lookup, not here.
-    static outcome::result<path> parse(std::string_view text) noexcept;
-
-    /// The canonical text of the path, e.g. "PID.3[2].1"; `[1]` is left out.
-    std::string to_string() const;
-
-    friend bool operator==(const path&, const path&) = default;
-};
 
 /// What a path names in a message: present (possibly empty) or absent. Holds a view into
 /// the message, so it is valid while the message is alive and not modified.
@@ -122,11 +40,7 @@ public:
     /// The bytes exactly as on the wire, escapes included; empty when absent.
     std::string_view raw() const noexcept { return raw_; }
 
-    /// The value with escape sequences resolved: `\F\ \S\ \T\ \R\ \E\` (and `\P\` when a
-    /// truncation character is defined) become the delimiters they name and `\Xhh...\`
-    /// the bytes it spells; formatting and character-set escapes (`\.br\`, `\H\`, `\N\`,
-    /// `\Cxxyy\`, `\Mxxyyzz\`, `\Zxx\`) and malformed escapes are kept as they are.
-    /// A value that still contains structure (a field with repetitions, a component with
+    /// The value with escape sequences resolved, as hl7::unescape does. A value that still contains structure (a field with repetitions, a component with
     /// subcomponents...) is returned as its wire text, since resolving escapes there would
     /// make delimiters ambiguous; so are MSH-1 and MSH-2.
     std::string decoded() const;
@@ -182,7 +96,7 @@ public:
 
     /// Parses `bytes` (copied). Segments may end in CR, LF or CRLF; they are stored and
     /// written back ended by CR. Fails with errc::not_hl7 when the bytes do not start with
-    /// `MSH`, `FHS` or `BHS`, and errc::bad_encoding_characters when MSH-1/MSH-2 do not
+    /// `MSH`, `FHS` or `BHS`, and errc::invalid_encoding_characters when MSH-1/MSH-2 do not
     /// define usable delimiters (see hl7::errc).
     static outcome::result<message> parse(std::string_view bytes);
     /// As above, taking ownership of `bytes` instead of copying them.
@@ -193,11 +107,12 @@ public:
     /// A new message holding only an MSH segment filled from `h`: MSH-7 is the current
     /// local time in HL7 TS format (YYYYMMDDHHMMSS.SSS+ZZZZ) and MSH-10 a new
     /// make_control_id(). Values are escaped as set() does. Fails with
-    /// errc::bad_encoding_characters when `h.delimiters` are not usable.
+    /// errc::invalid_encoding_characters when `h.delimiters` are not usable.
     static outcome::result<message> create(const header& h);
 
-    /// Looks a path up. Fails with errc::bad_path when the path is malformed, names a
-    /// segment id that is neither standard HL7 nor a Z-segment, or goes below MSH-1/MSH-2.
+    /// Looks a path up. Fails with errc::invalid_path when the path is malformed, names a
+    /// segment id that is neither standard HL7, a Z-segment nor one this message carries
+    /// (see <hl7/model/path.hpp>), or goes below MSH-1/MSH-2.
     /// A well-formed path to something the message lacks gives an absent value.
     /// An empty field, repetition or component has no parts: a path below it is absent.
     outcome::result<value> get(std::string_view path) const;
@@ -205,20 +120,31 @@ public:
 
     /// Counts: for a segment path (`OBX`), the segments with that id; for a field path
     /// (`PID.3`, `OBX[2].5`), the repetitions of that field (0 when absent or empty).
-    /// Any other path fails with errc::bad_path.
+    /// Any other path fails with errc::invalid_path.
     outcome::result<std::size_t> count(std::string_view path) const;
     outcome::result<std::size_t> count(const hl7::path& path) const;
 
-    /// Writes `text` at `path`, escaping delimiters, the escape character, CR and LF in it,
-    /// and creating whatever is missing on the way: segments (added after the last segment
+    /// Writes `text` at `path`, escaped as hl7::escape does (so that no value can change the
+    /// message's structure or break its MLLP frame), creating whatever is missing on the way: segments (added after the last segment
     /// with the same id, or at the end), fields, repetitions, components, subcomponents.
     /// A field path replaces the whole field, all repetitions included; a segment path is
-    /// not accepted. Fails with errc::bad_path for a malformed path, a segment path,
+    /// not accepted. Fails with errc::invalid_path for a malformed path, a segment path,
     /// MSH-1/MSH-2 (the delimiters cannot be changed in place), or a path that would create
     /// more than 65,535 parts at one level (`PID.999999999` on a short PID). On failure the
     /// message is unchanged.
     outcome::result<void> set(std::string_view path, std::string_view text);
     outcome::result<void> set(const hl7::path& path, std::string_view text);
+
+    /// Writes a composite value: `parts` are the pieces one level below `path`, each escaped
+    /// as above and joined by the delimiter of that level: the components of a field or of a
+    /// repetition, the subcomponents of a component. `set("MSH.9", {"ORU", "R01", "ORU_R01"})`
+    /// writes `ORU^R01^ORU_R01`. A subcomponent path has no level below it: errc::invalid_path.
+    /// Otherwise as set(path, text).
+    outcome::result<void> set(std::string_view path, std::initializer_list<std::string_view> parts);
+    outcome::result<void> set(const hl7::path& path, std::span<const std::string_view> parts);
+
+    /// MSH-10, the message control id, as on the wire; empty when the message has none.
+    std::string_view control_id() const noexcept;
 
     /// The message's bytes, segments ended by CR. For a parsed message that was not
     /// modified and whose segments ended in CR, these are exactly the parsed bytes.
@@ -240,16 +166,38 @@ private:
         bool header;             // MSH, FHS or BHS: the first separator is field 1
     };
 
+    // An allocator whose resize() leaves new elements uninitialised: the separator index is
+    // sized before it is filled, and zeroing it first would cost as much as filling it.
+    template <class T>
+    struct uninitialised_allocator : std::allocator<T> {
+        template <class U>
+        struct rebind {
+            using other = uninitialised_allocator<U>;
+        };
+        using std::allocator<T>::allocator;
+        template <class U>
+        void construct(U* p) noexcept
+        {
+            ::new (static_cast<void*>(p)) U;
+        }
+        template <class U, class... Args>
+        void construct(U* p, Args&&... args)
+        {
+            ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+        }
+    };
+
     void index();
     void add_segment(std::uint32_t begin, std::uint32_t end, std::uint32_t first_sep, std::uint32_t seps_end);
     const segment_entry* find_segment(const hl7::path& p) const noexcept;
     outcome::result<void> check_path(const hl7::path& p) const noexcept;
+    outcome::result<void> write(const hl7::path& p, std::string_view escaped);
 
     std::string data_;
     hl7::delimiters delims_;
     std::vector<segment_entry> segments_;
     // Offsets of the field separators, segment after segment.
-    std::vector<std::uint32_t, detail::default_init_allocator<std::uint32_t>> seps_;
+    std::vector<std::uint32_t, uninitialised_allocator<std::uint32_t>> seps_;
 };
 
 /// A new message control id (for MSH-10): at most 20 characters, unique within the process
@@ -260,13 +208,5 @@ std::string make_control_id();
 /// The current local time in HL7 TS format, YYYYMMDDHHMMSS.SSS+ZZZZ (for MSH-7, EVN-2...).
 /// Thread safety: safe to call concurrently.
 std::string make_timestamp();
-
-/// Escapes `text` for use as a value in a message with delimiters `d`: each delimiter, the
-/// escape character and the truncation character become `\F\ \S\ \R\ \T\ \E\ \P\`, CR and
-/// LF become `\X0D\` and `\X0A\`. Thread safety: pure function.
-std::string escape(std::string_view text, const delimiters& d = {});
-
-/// Resolves escapes in a leaf value as value::decoded() does. Thread safety: pure function.
-std::string unescape(std::string_view text, const delimiters& d = {});
 
 } // namespace hl7

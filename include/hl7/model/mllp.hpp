@@ -7,17 +7,14 @@
 
 #include <hl7/error.hpp>
 
-#include <boost/outcome/result.hpp>
-
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 
 namespace hl7::mllp {
-
-namespace outcome = BOOST_OUTCOME_V2_NAMESPACE;
 
 inline constexpr char start_block = '\x0b';
 inline constexpr char end_block = '\x1c';
@@ -38,14 +35,12 @@ outcome::result<std::size_t> encode_into(std::string_view payload, std::span<cha
 
 /// Incremental MLLP decoder.
 ///
-/// Feed it chunks with feed(), then call next() until it returns errc::need_more:
+/// Feed it a chunk with feed(), then call next() until it has nothing more:
 ///
 ///     decoder.feed(chunk);
-///     for (;;) {
-///         auto frame = decoder.next();
-///         if (frame) { use(frame.value()); continue; }
-///         if (frame.error() == hl7::errc::need_more) break;
-///         report(frame.error());      // frame_too_large or malformed_frame; decoding goes on
+///     while (auto frame = decoder.next()) {
+///         if (*frame) use(frame->value());
+///         else report(frame->error());  // frame_too_large or invalid_frame; decoding goes on
 ///     }
 ///
 /// Leniency: bytes outside frames (noise, a LF after `0x1C 0x0D`, keep-alive bytes) are
@@ -55,12 +50,14 @@ outcome::result<std::size_t> encode_into(std::string_view payload, std::span<cha
 /// Errors, after each of which decoding continues with the following bytes:
 ///   - errc::frame_too_large: a payload passed max_frame bytes. Its bytes are dropped as
 ///     they arrive (never buffered) up to the next `0x0B`, where decoding resumes.
-///   - errc::malformed_frame: a `0x0B` arrived inside an unfinished frame. The unfinished
+///   - errc::invalid_frame: a `0x0B` arrived inside an unfinished frame. The unfinished
 ///     frame is dropped and a new frame starts at that `0x0B`.
 ///
 /// Memory: a frame that lies wholly inside one chunk is handed out as a view into that
 /// chunk, without copying. A frame split across chunks is gathered in an internal buffer
-/// (at most max_frame bytes), and the view points into that buffer.
+/// (at most max_frame bytes), and the view points into that buffer. A buffer that grew past
+/// 64 KiB is released on the next call, so that one large frame does not keep its memory
+/// for the rest of the stream.
 ///
 /// Thread safety: distinct objects are independent; one object must not be used
 /// concurrently.
@@ -69,13 +66,14 @@ public:
     explicit decoder(std::size_t max_frame = default_max_frame) noexcept;
 
     /// Gives the decoder the next chunk of the stream. The chunk must stay valid and
-    /// unchanged until next() returns errc::need_more; only then may feed() be called again.
+    /// unchanged until next() returns nullopt; only then may feed() be called again.
     void feed(std::string_view chunk) noexcept;
 
-    /// Returns the next complete payload, or an error: errc::need_more when the fed bytes
-    /// are used up, errc::frame_too_large or errc::malformed_frame as described above.
-    /// The returned view is valid until the following call to next() or feed().
-    outcome::result<std::string_view> next();
+    /// The next step of decoding: nullopt when the fed bytes are used up (feed more), else
+    /// the next complete payload or an error, errc::frame_too_large or errc::invalid_frame
+    /// as described above. The returned view is valid until the following call to next()
+    /// or feed().
+    std::optional<outcome::result<std::string_view>> next();
 
     /// Bytes skipped because they were outside any frame.
     std::uint64_t skipped_bytes() const noexcept { return skipped_; }
@@ -84,9 +82,12 @@ public:
     bool in_frame() const noexcept { return state_ != state::idle; }
     /// The largest payload accepted.
     std::size_t max_frame() const noexcept { return max_frame_; }
+    /// Bytes of an unfinished frame held from earlier chunks.
+    std::size_t buffered() const noexcept { return partial_.size(); }
 
 private:
     enum class state : std::uint8_t { idle, in_frame, discarding };
+    static constexpr std::size_t retained_capacity = std::size_t{64} << 10;
 
     std::size_t max_frame_;
     state state_ = state::idle;

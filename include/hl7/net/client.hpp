@@ -4,8 +4,8 @@
 //     auto client = hl7::client::create(ex, {.host = "hl7.example.org"}).value();
 //     auto adt = client.connect(5678).value();                  // ADT feed
 //     auto oru = client.connect(5679).value();                  // results feed, same host
-//     auto ack = co_await adt.send(std::move(msg));             // outcome::result<hl7::message>
-//     if (ack && ack.value().get("MSA.1") == "AA") { /* accepted */ }
+//     auto ack = co_await adt.send(std::move(msg));             // outcome::result<hl7::ack>
+//     if (ack && ack.value().accepted()) { /* AA or CA */ }
 //     co_await adt.close();                                     // no reconnect after this
 //
 // What the library guarantees about each message given to send: it completes exactly once,
@@ -16,6 +16,7 @@
 #pragma once
 
 #include <hl7/net/host.hpp>
+#include <hl7/model/ack.hpp>
 #include <hl7/model/message.hpp>
 #include <hl7/model/mllp.hpp>
 #include <hl7/net/tls.hpp>
@@ -58,7 +59,7 @@ struct reconnect_policy {
 };
 
 /// The life of a connection.
-enum class link_state {
+enum class connection_state {
     idle,        ///< not started: a lazy connection before its first send
     connecting,  ///< resolving the host and connecting
     connected,   ///< connected; messages flow
@@ -70,7 +71,7 @@ enum class link_state {
 
 /// Something that happened on a connection, for logs and metrics (connection_options::observer).
 /// Views in it are valid only during the call.
-struct event {
+struct connection_event {
     enum class kind {
         connecting,          ///< attempt `attempt` (1-based, consecutive) starts
         connected,           ///< connected to `endpoint`
@@ -78,10 +79,10 @@ struct event {
         reconnect_scheduled, ///< attempt `attempt` will start after `delay`
         gave_up,             ///< stopped after `attempt` consecutive failures; `error` is the last one
         sent,                ///< the message `control_id` was written
-        acknowledged,        ///< `control_id` got its ACK: MSA-1 `ack_code`, after `round_trip`
+        acknowledged,        ///< `control_id` got its ACK: MSA-1 `code`, after `round_trip`
         timed_out,           ///< no ACK for `control_id` within the ACK timeout
         discarded,           ///< a frame nobody waited for (a stray or late ACK) was dropped; `error`
-                             ///< is set when it was not even a frame (frame_too_large, malformed_frame)
+                             ///< is set when it was not even a frame (frame_too_large, invalid_frame)
         closed,              ///< the connection is closed for good
     };
     kind what;
@@ -89,7 +90,7 @@ struct event {
     std::chrono::milliseconds delay{};
     boost::system::error_code error{};
     std::string_view control_id{};
-    std::string_view ack_code{};
+    hl7::ack_code code = hl7::ack_code::AA;
     std::chrono::microseconds round_trip{};
     boost::asio::ip::tcp::endpoint endpoint{};
 };
@@ -134,7 +135,7 @@ struct connection_options {
     std::function<std::string(std::string_view)> receive_hook = {};
     /// Told about what happens (see event). Called on the connection's strand; it must not
     /// block. It may call the connection's member functions.
-    std::function<void(const event&)> observer = {};
+    std::function<void(const connection_event&)> observer = {};
     /// TLS: when set, every connection attempt does a TLS handshake after the TCP connect
     /// (within tls->handshake_timeout); a failed handshake is a failed attempt, named by its
     /// error, and never falls back to plaintext. Empty: plaintext MLLP.
@@ -156,7 +157,7 @@ class client;
 ///
 /// The ACK is matched to the message: a reply whose MSA-2 is not the sent MSH-10 completes
 /// the send with errc::ack_mismatch and resets the link; a reply that is not a valid ACK
-/// completes it with errc::garbled_ack and resets the link. A late or duplicate ACK of an
+/// completes it with errc::invalid_ack and resets the link. A late or duplicate ACK of an
 /// earlier message, or any frame arriving while nothing is in flight, is discarded
 /// (event::discarded, counters().discarded) and never answers the next message.
 ///
@@ -172,17 +173,17 @@ class client;
 class connection {
 public:
     using executor_type = boost::asio::any_io_executor;
-    using send_signature = void(boost::system::error_code, message);
+    using send_signature = void(boost::system::error_code, hl7::ack);
 
     connection(connection&&) noexcept;
     connection& operator=(connection&&) noexcept;
     ~connection();
 
     /// Sends `msg` and waits for its acknowledgement. Completion signature
-    /// void(error_code, message): on success the matched ACK, whatever its MSA-1 (use
-    /// hl7::accepted to turn AE/AR into errors); on failure an empty message and one of
+    /// void(error_code, hl7::ack): on success the matched ACK, whatever its MSA-1 (see
+    /// ack::accepted and ack::error); on failure a default-constructed ack and one of
     /// errc::{queue_full, queue_timeout, not_connected, ack_timeout, ack_mismatch,
-    /// garbled_ack, connection_lost, frame_too_large, closed, tls_no_client_certificate,
+    /// invalid_ack, connection_lost, frame_too_large, closed, tls_no_client_certificate,
     /// tls_untrusted_certificate, tls_certificate_expired}, or operation_aborted.
     /// `msg` must have an MSH-10: a message without one completes with
     /// errc::missing_control_id, unsent.
@@ -204,7 +205,7 @@ public:
     }
 
     /// The coroutine form of async_send: the ACK or the error, never an exception.
-    boost::asio::awaitable<outcome::result<message>> send(message msg);
+    boost::asio::awaitable<outcome::result<hl7::ack>> send(message msg);
 
     /// Closes for good: queued messages complete with errc::closed, the message in flight
     /// gets its ACK or times out, then the socket closes; no reconnect afterwards.
@@ -221,12 +222,12 @@ public:
     /// The coroutine form of async_close.
     boost::asio::awaitable<void> close();
 
-    /// Starts connecting: after the connection gave up (link_state::failed), or a lazy
+    /// Starts connecting: after the connection gave up (connection_state::failed), or a lazy
     /// connection before its first send. Does nothing in any other state.
     void start();
 
     /// The state now (it may change right after).
-    link_state state() const noexcept;
+    connection_state state() const noexcept;
 
     /// Counters so far; exact, readable from any thread.
     connection_counters counters() const noexcept;
@@ -237,9 +238,8 @@ public:
     /// The connection's strand.
     executor_type get_executor() const noexcept;
 
-    struct impl;
-
 private:
+    struct impl;
     friend class client;
     explicit connection(std::shared_ptr<impl> i) noexcept;
     static void send_impl(const std::shared_ptr<impl>& i, message msg,
@@ -298,9 +298,8 @@ public:
     /// The checked host.
     const hl7::host& host() const noexcept;
 
-    struct state;
-
 private:
+    struct state;
     explicit client(std::shared_ptr<state> s) noexcept;
     static void close_impl(const std::shared_ptr<state>& s, boost::asio::any_completion_handler<void()> handler);
     std::shared_ptr<state> state_;

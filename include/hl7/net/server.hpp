@@ -33,14 +33,16 @@
 
 namespace hl7 {
 
-/// Turns a received message into the reply to send back. Runs on the connection's strand,
+/// Turns a received message into the reply to send back, typically
+/// `co_return hl7::make_ack(m, hl7::verdict::accept);`. Runs on the connection's strand,
 /// one message at a time per connection (so replies go out in the order messages came in);
 /// connections are served concurrently, so a handler shared by them must be safe to call
-/// concurrently. An exception thrown by the handler is caught, answered with an AE
-/// acknowledgement (HL7 error 207, ERR-8 its what()) and reported to the observer.
+/// concurrently. A reply of errc::no_ack_requested sends nothing (the message's MSH-15/16
+/// asked for no acknowledgement); any other error, or an exception thrown by the handler, is
+/// answered with an AE acknowledgement (HL7 error 207) and reported to the observer.
 /// The message stays alive, unchanged, until the handler's coroutine has finished; copy it
 /// to keep it longer.
-using server_handler = std::function<boost::asio::awaitable<message>(const message&)>;
+using server_handler = std::function<boost::asio::awaitable<outcome::result<message>>(const message&)>;
 
 /// Something the server noticed, for logging. Passed to server_options::observer.
 /// `control_id` and `detail` are valid only during the observer call.
@@ -49,7 +51,7 @@ struct server_event {
         accepted,      ///< a connection was accepted from `peer`
         received,      ///< a message arrived from `peer`; `control_id` is its MSH-10
         replied,       ///< the reply to `control_id` was written
-        bad_frame,     ///< a frame was dropped: `error` is frame_too_large or malformed_frame
+        bad_frame,     ///< a frame was dropped: `error` is frame_too_large or invalid_frame
         unparsable,    ///< a frame did not parse (`error`); answered with AE when its MSH-10
                        ///< could be read (`control_id` not empty), otherwise dropped
         handler_error, ///< the handler threw; `detail` is its what(); answered with AE
@@ -82,7 +84,7 @@ struct server_options {
     std::uint16_t port = 0;
     /// Largest frame accepted; a larger one is dropped and reported.
     std::size_t max_frame = mllp::default_max_frame;
-    /// Makes the reply to each message. Empty: reply with make_ack(message, ack_code::accept).
+    /// Makes the reply to each message. Empty: reply with make_ack(message, verdict::accept).
     server_handler handler = {};
     /// Told about connections, messages and errors; called on a connection's strand, so it
     /// must not block, and concurrently for different connections. An exception it throws
@@ -92,11 +94,11 @@ struct server_options {
     /// tls->handshake_timeout) and is dropped, reported as handshake_failed, when it fails.
     /// Empty: plaintext MLLP.
     std::optional<tls_server_options> tls = {};
-    /// How long async_stop lets connections finish the message in hand (a handler still
+    /// How long async_close lets connections finish the message in hand (a handler still
     /// running, a reply the peer is slow to read). After it their sockets are closed, so that
     /// a peer that stops reading cannot hold the stop up; a reply not yet written is lost
     /// (the peer times out and resends, as after any broken connection).
-    std::chrono::milliseconds stop_timeout = std::chrono::seconds(10);
+    std::chrono::milliseconds close_timeout = std::chrono::seconds(10);
 };
 
 /// An MLLP server.
@@ -106,7 +108,7 @@ struct server_options {
 /// called from any thread.
 ///
 /// Lifetime: the object is a handle. Destroying it (or assigning over it) stops the server
-/// as async_stop() does, without waiting; the background work it started keeps what it needs
+/// as async_close() does, without waiting; the background work it started keeps what it needs
 /// alive until done. The executor's execution context must outlive that work, as usual in
 /// Asio. A moved-from server may only be assigned to or destroyed.
 class server {
@@ -131,15 +133,15 @@ public:
     /// Stops gracefully: accepts no more connections; a connection that is waiting for a
     /// message is closed at once, one whose handler is running finishes it and writes the
     /// reply first (frames it has already read behind that message are dropped unanswered),
-    /// within server_options::stop_timeout, after which its socket is closed. Completes, with
+    /// within server_options::close_timeout, after which its socket is closed. Completes, with
     /// signature void(), once every connection is closed and every handler has returned; never inside this
     /// call, but through the handler's associated executor (by default the server's). Calling
     /// it again is harmless; every call completes. Not cancellable. Default token: deferred.
     template <class CompletionToken = boost::asio::deferred_t>
-    auto async_stop(CompletionToken&& token = {})
+    auto async_close(CompletionToken&& token = {})
     {
         return boost::asio::async_initiate<CompletionToken, void()>(
-            [i = impl_](auto handler) { stop_impl(i, boost::asio::any_completion_handler<void()>(std::move(handler))); },
+            [i = impl_](auto handler) { close_impl(i, boost::asio::any_completion_handler<void()>(std::move(handler))); },
             token);
     }
 
@@ -150,7 +152,7 @@ public:
 
 private:
     explicit server(std::shared_ptr<impl> i) noexcept;
-    static void stop_impl(const std::shared_ptr<impl>& i, boost::asio::any_completion_handler<void()> handler);
+    static void close_impl(const std::shared_ptr<impl>& i, boost::asio::any_completion_handler<void()> handler);
     std::shared_ptr<impl> impl_;
 };
 
