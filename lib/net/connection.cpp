@@ -37,7 +37,6 @@ connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t p
                        std::shared_ptr<asio::ssl::context> tls_context)
     : strand_(detail::make_strand(ex)),
       resolver_(strand_),
-      socket_(strand_),
       timer_(strand_),
       host_(std::move(host)),
       port_(port),
@@ -87,9 +86,8 @@ void connection::impl::run()
         case kind::write: write(a.link, a.id); break;
         case kind::close_socket:
             if (a.link == open_link_ || a.link == connecting_link_) {
-                boost::system::error_code ignored;
                 resolver_.cancel();
-                socket_.close(ignored);
+                session_->close();
                 open_link_ = connecting_link_ = 0;
             }
             break;
@@ -122,17 +120,19 @@ void connection::impl::run()
 void connection::impl::connect(std::uint64_t link)
 {
     connecting_link_ = link;
+    // ACKs are small; a larger reply is gathered by the decoder.
+    session_ = std::make_shared<detail::session>(tcp::socket(strand_), tls_context_.get(), 4096);
     auto self = shared_from_this();
-    auto on_connected = [self, link](boost::system::error_code ec, const tcp::endpoint& peer) {
+    auto on_connected = [self, link, s = session_](boost::system::error_code ec, const tcp::endpoint&) {
         if (ec)
             self->core_.connect_failed(link, ec, detail::clock::now());
         else if (link == self->connecting_link_)
-            self->secure(link, peer);
+            self->secure(link);
         self->run();
     };
     if (host_.kind != host_kind::name) {
         const std::array<tcp::endpoint, 1> target{tcp::endpoint(asio::ip::make_address(host_.text), port_)};
-        asio::async_connect(socket_, target, std::move(on_connected));
+        asio::async_connect(session_->socket(), target, std::move(on_connected));
         return;
     }
     resolver_.async_resolve(
@@ -148,55 +148,48 @@ void connection::impl::connect(std::uint64_t link)
                 self->run();
                 return;
             }
-            asio::async_connect(self->socket_, results, std::move(on_connected));
+            asio::async_connect(self->session_->socket(), results, std::move(on_connected));
         });
 }
 
-// A new stream for each link: the handlers of an earlier one may still hold theirs.
-void connection::impl::secure(std::uint64_t link, const tcp::endpoint& peer)
+void connection::impl::secure(std::uint64_t link)
 {
-    boost::system::error_code ignored;
-    socket_.set_option(tcp::no_delay(true), ignored);
-    stream_ = std::make_shared<detail::stream>(socket_, tls_context_.get());
-    if (!stream_->secure()) {
-        established(link, peer);
+    session_->connected();
+    if (!session_->secure()) {
+        established(link);
         return;
     }
-    detail::prepare_client(stream_->native_handle(), *options_.tls, host_);
+    detail::prepare_client(session_->native_handle(), *options_.tls, host_);
     core_.handshaking(link, detail::clock::now());
-    stream_->async_handshake(asio::ssl::stream_base::client, [self = shared_from_this(), link, peer,
-                                                              s = stream_](boost::system::error_code ec) {
-        if (link == self->connecting_link_) {
-            if (ec)
-                self->core_.connect_failed(link, detail::name_tls_error(ec, s->native_handle()), detail::clock::now());
-            else
-                self->established(link, peer);
-        }
-        self->run();
-    });
+    session_->async_handshake(asio::ssl::stream_base::client,
+                              [self = shared_from_this(), link, s = session_](boost::system::error_code ec) {
+                                  if (link == self->connecting_link_) {
+                                      if (ec)
+                                          self->core_.connect_failed(link, ec, detail::clock::now());
+                                      else
+                                          self->established(link);
+                                  }
+                                  self->run();
+                              });
 }
 
-void connection::impl::established(std::uint64_t link, const tcp::endpoint& peer)
+void connection::impl::established(std::uint64_t link)
 {
     connecting_link_ = 0;
     open_link_ = link;
-    core_.connected(link, peer, detail::clock::now());
+    core_.connected(link, session_->peer(), detail::clock::now());
     if (open_link_ == link)
         read(link);
 }
 
 void connection::impl::read(std::uint64_t link)
 {
-    stream_->async_read_some(asio::buffer(read_buffer_), [self = shared_from_this(), link, s = stream_](
-                                                             boost::system::error_code ec, std::size_t n) {
-        // A TLS alert here names what the handshake could not (TLS 1.3 reports a missing
-        // client certificate only after it).
-        if (ec && ec.category() == asio::error::get_ssl_category())
-            ec = detail::name_tls_error(ec, s->native_handle());
+    session_->async_read_some([self = shared_from_this(), link, s = session_](boost::system::error_code ec,
+                                                                               std::string_view bytes) {
         if (ec)
             self->core_.read_failed(link, ec, detail::clock::now());
         else
-            self->core_.received(link, std::string_view(self->read_buffer_.data(), n), detail::clock::now());
+            self->core_.received(link, bytes, detail::clock::now());
         // Completions first: a sender resumed by them writes its next message before this
         // read is issued again, which would only find nothing to read yet.
         self->run();
@@ -211,20 +204,12 @@ void connection::impl::write(std::uint64_t link, std::uint64_t id)
     // erase) the send while the write is still going on.
     auto it = find_pending(id);
     writing_ = std::move(it->bytes);
-    static constexpr char start[] = {mllp::start_block};
-    static constexpr char end[] = {mllp::end_block, mllp::carriage_return};
-    const std::string_view body = writing_.bytes();
-    const std::array<asio::const_buffer, 3> frame{asio::buffer(start), asio::buffer(body.data(), body.size()),
-                                                  asio::buffer(end)};
-    // Written at once when the socket takes it all (the common case): the send then goes on
-    // without waiting for a completion to come back through the scheduler.
-    const std::size_t done = stream_->write_now(frame);
-    if (done == asio::buffer_size(frame)) {
+    if (session_->start_write(writing_.bytes())) {
         writing_ = {};
         core_.written(link, {}, detail::clock::now());
         return;
     }
-    stream_->async_write(detail::consume(frame, done), [self = shared_from_this(), link, s = stream_](boost::system::error_code ec, std::size_t) {
+    session_->async_finish_write([self = shared_from_this(), link, s = session_](boost::system::error_code ec) {
         self->writing_ = {};
         self->core_.written(link, ec, detail::clock::now());
         self->run();

@@ -3,6 +3,7 @@
 
 #include "core/connection_core.hpp"
 #include "net/strand.hpp"
+#include "net/session.hpp"
 #include "net/tls.hpp"
 
 #include <hl7/net/client.hpp>
@@ -50,8 +51,8 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     void run();
     void connect(std::uint64_t link);
     /// The TCP connection of `link` is up: on to the TLS handshake, if any.
-    void secure(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer);
-    void established(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer);
+    void secure(std::uint64_t link);
+    void established(std::uint64_t link);
     void read(std::uint64_t link);
     void write(std::uint64_t link, std::uint64_t id);
     void arm(detail::clock::time_point deadline);
@@ -61,8 +62,9 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
 
     const boost::asio::any_io_executor strand_; // made by detail::make_strand
     boost::asio::ip::tcp::resolver resolver_;
-    boost::asio::ip::tcp::socket socket_;
-    std::shared_ptr<detail::stream> stream_; // the socket, or TLS over it, of the latest link
+    // The transport of the latest link; a new one for each link, since the handlers of an
+    // earlier one may still hold theirs.
+    std::shared_ptr<detail::session> session_;
     boost::asio::steady_timer timer_;
     const hl7::host host_;
     const std::uint16_t port_;
@@ -81,7 +83,6 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     bool initiating_ = false;          // inside an async_send call: completions must be posted
     std::uint64_t connecting_link_ = 0; // the link whose connect is in progress
     std::uint64_t open_link_ = 0;       // the link the open socket belongs to
-    std::array<char, 4096> read_buffer_{}; // ACKs are small; a larger reply is gathered by the decoder
 };
 
 } // namespace hl7

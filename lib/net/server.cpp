@@ -2,6 +2,7 @@
 
 #include "model/recover.hpp"
 #include "net/strand.hpp"
+#include "net/session.hpp"
 #include "net/tls.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -32,23 +33,49 @@ namespace {
 
 constexpr auto relaxed = std::memory_order_relaxed;
 
+// The session's operations as awaitables. Built outside the coroutines that await them, so
+// that no temporary of theirs lives across a co_await (which GCC 12 may destroy twice).
+asio::awaitable<std::tuple<error_code>> await_handshake(detail::session& t)
+{
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(std::tuple<error_code>)>(
+        [&t](auto handler) {
+            t.async_handshake(asio::ssl::stream_base::server,
+                              [h = std::move(handler)](error_code e) mutable { std::move(h)(std::make_tuple(e)); });
+        },
+        asio::use_awaitable);
+}
+
+asio::awaitable<std::tuple<error_code, std::string_view>> await_read(detail::session& t)
+{
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(std::tuple<error_code, std::string_view>)>(
+        [&t](auto handler) {
+            t.async_read_some([h = std::move(handler)](error_code e, std::string_view b) mutable {
+                std::move(h)(std::make_tuple(e, b));
+            });
+        },
+        asio::use_awaitable);
+}
+
+asio::awaitable<std::tuple<error_code>> await_write(detail::session& t)
+{
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(std::tuple<error_code>)>(
+        [&t](auto handler) {
+            t.async_finish_write([h = std::move(handler)](error_code e) mutable { std::move(h)(std::make_tuple(e)); });
+        },
+        asio::use_awaitable);
+}
+
 } // namespace
 
 struct server::impl {
     struct session {
         session(tcp::socket s, asio::ssl::context* tls)
-            : strand(s.get_executor()), socket(std::move(s)), stream(socket, tls)
+            : strand(s.get_executor()), transport(std::move(s), tls, 16 * 1024), peer((transport.connected(), transport.peer()))
         {
-            error_code ignored;
-            peer = socket.remote_endpoint(ignored);
-            // Replies are small and may follow each other: Nagle would hold the second one
-            // back until the peer's delayed ACK of the first.
-            socket.set_option(tcp::no_delay(true), ignored);
         }
 
         const executor_type strand;
-        tcp::socket socket;
-        detail::stream stream; // the socket, or TLS over it
+        detail::session transport;
         tcp::endpoint peer;
         // On `strand` only.
         bool stop_requested = false;
@@ -101,7 +128,7 @@ struct server::impl {
                     s->stop_requested = true;
                     if (s->reading) {
                         error_code ignored;
-                        s->socket.cancel(ignored);
+                        s->transport.socket().cancel(ignored);
                     }
                 });
             }
@@ -110,10 +137,7 @@ struct server::impl {
                 if (ec)
                     return; // every connection ended in time
                 for (const auto& s : self->sessions)
-                    asio::post(s->strand, [s] {
-                        error_code ignored;
-                        s->socket.close(ignored);
-                    });
+                    asio::post(s->strand, [s] { s->transport.close(); });
             });
         }
         self->finish_if_stopped();
@@ -168,35 +192,33 @@ struct server::impl {
         deadline.async_wait([s, state](error_code ec) {
             if (!ec && !state->over) {
                 state->expired = true;
-                error_code ignored;
-                s->socket.close(ignored);
+                s->transport.close();
             }
         });
-        auto [ec] = co_await s->stream.async_handshake(asio::ssl::stream_base::server, asio::as_tuple(asio::use_awaitable));
+        auto handshaken = await_handshake(s->transport);
+        const auto [ec] = co_await std::move(handshaken);
         state->over = true;
         if (state->expired)
             co_return errc::tls_handshake_timeout;
-        co_return ec ? detail::name_tls_error(ec, s->stream.native_handle()) : ec;
+        co_return ec;
     }
 
     static asio::awaitable<void> serve(std::shared_ptr<impl> self, std::shared_ptr<session> s)
     {
         self->report({.what = kind::accepted, .peer = s->peer});
-        if (s->stream.secure()) {
+        if (s->transport.secure()) {
             s->reading = true; // a stop closes the socket under the handshake, as under a read
             const error_code ec = co_await self->handshake(s);
             s->reading = false;
             if (ec) {
                 self->errors.fetch_add(1, relaxed);
                 self->report({.what = kind::handshake_failed, .peer = s->peer, .error = ec});
-                error_code ignored;
-                s->socket.close(ignored);
+                s->transport.close();
                 self->report({.what = kind::disconnected, .peer = s->peer, .error = ec});
                 co_return;
             }
         }
         mllp::decoder decoder(self->options.max_frame);
-        std::array<char, 16 * 1024> buffer;
         error_code why;
         while (!why) {
             if (s->stop_requested) {
@@ -204,13 +226,14 @@ struct server::impl {
                 break;
             }
             s->reading = true;
-            auto [ec, n] = co_await s->stream.async_read_some(asio::buffer(buffer), asio::as_tuple(asio::use_awaitable));
+            auto read = await_read(s->transport);
+            const auto [ec, bytes] = co_await std::move(read);
             s->reading = false;
             if (ec) {
                 why = s->stop_requested ? make_error_code(errc::closed) : ec;
                 break;
             }
-            decoder.feed({buffer.data(), n});
+            decoder.feed(bytes);
             // Frames already read are dropped once stopping: only the one in hand is finished.
             while (!why && !s->stop_requested) {
                 auto frame = decoder.next();
@@ -224,8 +247,7 @@ struct server::impl {
                 }
             }
         }
-        error_code ignored;
-        s->socket.close(ignored);
+        s->transport.close();
         self->report({.what = kind::disconnected, .peer = s->peer, .error = why});
     }
 
@@ -274,13 +296,9 @@ struct server::impl {
     // asks for no acknowledgement) is not sent.
         if (!reply)
             co_return error_code{};
-        static constexpr char trailer[] = {mllp::end_block, mllp::carriage_return};
-        const std::array<asio::const_buffer, 3> framed{
-            asio::buffer(&mllp::start_block, 1), asio::buffer(reply.value().str()), asio::buffer(trailer)};
-        // What the socket takes at once needs no trip through the scheduler.
-        const std::size_t done = s.stream.write_now(framed);
-        if (done < asio::buffer_size(framed)) {
-            auto [ec, n] = co_await s.stream.async_write(detail::consume(framed, done), asio::as_tuple(asio::use_awaitable));
+        if (!s.transport.start_write(reply.value().str())) {
+            auto written = await_write(s.transport);
+            const auto [ec] = co_await std::move(written);
             if (ec)
                 co_return ec;
         }
