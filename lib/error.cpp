@@ -65,6 +65,12 @@ public:
 
 } // namespace
 
+bool in_doubt(const boost::system::error_code& ec) noexcept
+{
+    return ec == errc::ack_timeout || ec == errc::connection_lost || ec == errc::ack_mismatch ||
+           ec == errc::invalid_ack || ec == errc::frame_too_large;
+}
+
 const boost::system::error_category& error_category() noexcept
 {
     static const hl7_category instance;

@@ -47,7 +47,11 @@ std::string unwrap(std::string bytes, const std::string& source)
     throw failure(exit_failed, source + ": no complete MLLP frame");
 }
 
-} // namespace
+struct get_options {
+    std::vector<std::string> paths;
+    std::string file = "-";
+    bool raw = false;
+};
 
 int run_get(const get_options& o)
 {
@@ -76,6 +80,23 @@ int run_get(const get_options& o)
     }
     write_stdout(out);
     return exit_ok;
+}
+
+} // namespace
+
+command define_get(CLI::App& app)
+{
+    auto o = std::make_shared<get_options>();
+    CLI::App* get = app.add_subcommand("get", "Print values of a message by path");
+    get->footer("Prints the value at each path, one per line; an absent value prints an empty line.\n"
+                "Paths are SEG[n].F[r].C.S: PID.5.1, MSH.9.2, PID.3[2].1, OBX[3].5, MSH.10.\n"
+                "Exit status: 1 when the message does not parse, 2 for an invalid path.");
+    get->add_flag("--raw", o->raw, "Print values as on the wire, escapes kept (default: decoded)");
+    get->add_option("--file,-f", o->file, "File holding the message; '-': standard input")
+        ->type_name("FILE")
+        ->capture_default_str();
+    get->add_option("PATH", o->paths, "Paths to print")->type_name("")->required();
+    return {get, [o] { return run_get(*o); }};
 }
 
 } // namespace hl7::tool

@@ -8,6 +8,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 
+#include <cctype>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -20,6 +21,31 @@ namespace {
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
+
+struct listen_options {
+    std::string host = "127.0.0.1";
+    int port = -1;
+    /// accept: AA, or AR for a message without MSH-9, MSH-10 or MSH-12; otherwise every
+    /// message gets this verdict.
+    verdict reply = verdict::accept;
+    std::string out = "-"; ///< "-": standard output; otherwise a directory, one file per message
+    bool json = false;
+    std::size_t max_frame = mllp::default_max_frame;
+    /// TLS (on when `tls` or any tls_* option is given): certificate and key required;
+    /// tls_ca, when set, requires and verifies client certificates.
+    bool tls = false;
+    std::string tls_ca, tls_cert, tls_key;
+};
+
+verdict reply_verdict(std::string text)
+{
+    for (char& c : text)
+        c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    const auto code = parse_ack_code(text);
+    if (!code || (*code != ack_code::AA && *code != ack_code::AE && *code != ack_code::AR))
+        throw failure(exit_usage, "invalid --reply '" + text + "': one of AA, AE, AR");
+    return verdict_of(*code);
+}
 
 // The fields a message must have for `--reply AA` to accept it.
 struct required_field {
@@ -174,8 +200,6 @@ asio::awaitable<outcome::result<message>> answer(std::shared_ptr<listener> l, co
     co_return l->answer(m);
 }
 
-} // namespace
-
 int run_listen(const listen_options& o)
 {
     if (o.port < 0 || o.port > 65535)
@@ -229,6 +253,43 @@ int run_listen(const listen_options& o)
     });
     ctx.run();
     return exit_ok;
+}
+
+} // namespace
+
+command define_listen(CLI::App& app)
+{
+    auto o = std::make_shared<listen_options>();
+    auto reply = std::make_shared<std::string>("AA");
+    CLI::App* listen = app.add_subcommand("listen", "Receive messages over MLLP and acknowledge them");
+    listen->footer("The first line on standard output is 'listening on <host>:<port>'. SIGINT or SIGTERM stops\n"
+                   "it, with a summary on standard error, exit status 0.");
+    listen->add_option("--port,-p", o->port, "Port to listen on; 0 picks a free one")->type_name("PORT")->required();
+    listen->add_option("--host", o->host, "IPv4 or IPv6 address to bind")->type_name("HOST")->capture_default_str();
+    listen->add_option("--reply", *reply,
+                       "AA: accept, but reject (AR) a message without MSH-9, MSH-10 or MSH-12; AE or AR: answer "
+                       "every message so")
+        ->type_name("AA|AE|AR")
+        ->capture_default_str();
+    listen->add_option("--out", o->out,
+                       "Write each message to a file of its own in DIR (created if missing); '-' (the default): "
+                       "to standard output, a segment per line, a blank line after each message")
+        ->type_name("DIR|-");
+    listen->add_flag("--json", o->json,
+                     "Print one JSON object per message instead: index, peer, control_id, message_type, reply_code");
+    listen->add_option("--max-frame", o->max_frame, "Largest message accepted")
+        ->type_name("BYTES")
+        ->capture_default_str();
+    listen->add_flag("--tls", o->tls, "Use TLS (implied by any --tls-* option); needs --tls-cert and --tls-key");
+    listen->add_option("--tls-cert", o->tls_cert, "PEM server certificate")->type_name("FILE");
+    listen->add_option("--tls-key", o->tls_key, "PEM private key of --tls-cert")->type_name("FILE");
+    listen->add_option("--tls-ca", o->tls_ca, "PEM file of the CAs of accepted client certificates; when given, "
+                                              "every client must present one (mutual TLS)")
+        ->type_name("FILE");
+    return {listen, [o, reply] {
+                o->reply = reply_verdict(*reply);
+                return run_listen(*o);
+            }};
 }
 
 } // namespace hl7::tool

@@ -2,14 +2,15 @@
 // send, wait for the ACK, print its line, read the next. The connection runs on an
 // io_context in a thread of its own, so that reading the input (which may block on a pipe)
 // never holds it up.
+#include "client_flags.hpp"
 #include "commands.hpp"
 #include "input.hpp"
 #include "output.hpp"
+#include "report.hpp"
 
 #include <hl7/model/ack.hpp>
 #include <hl7/net/client.hpp>
 
-#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -20,9 +21,7 @@
 #include <future>
 #include <mutex>
 #include <optional>
-#include <thread>
 
-#include <unistd.h>
 
 namespace hl7::tool {
 
@@ -31,12 +30,6 @@ namespace {
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
-
-std::chrono::milliseconds to_ms(double seconds)
-{
-    constexpr double year = 365.0 * 24 * 3600; // longer is forever, and must not overflow
-    return std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(std::min(seconds, year) * 1000)));
-}
 
 // What the connection's observer saw that the results need. Written on the connection's
 // strand, read by the main thread.
@@ -86,131 +79,12 @@ private:
     std::uint32_t attempts_ = 0;
 };
 
-// Runs an io_context on a thread of its own until destroyed.
-class io_thread {
-public:
-    explicit io_thread(asio::io_context& ctx)
-        : ctx_(ctx), work_(asio::make_work_guard(ctx)), thread_([&ctx] { ctx.run(); })
-    {
-    }
-    io_thread(const io_thread&) = delete;
-    io_thread& operator=(const io_thread&) = delete;
-    ~io_thread()
-    {
-        work_.reset();
-        ctx_.stop();
-        thread_.join();
-    }
-
-private:
-    asio::io_context& ctx_;
-    asio::executor_work_guard<asio::io_context::executor_type> work_;
-    std::thread thread_;
-};
-
-// The outcome of one message of the input.
-struct result {
-    std::size_t index = 0;
-    std::optional<std::string> control_id;
-    std::optional<std::string> ack_code;
-    std::optional<std::string> ack_control_id;
-    std::optional<std::chrono::microseconds> round_trip;
-    std::string error; // empty: none
-    bool accepted = false;
-    /// Set when the connection gave up without ever connecting: sending more is pointless.
-    std::optional<std::string> fatal;
-};
-
-// `<n> <MSH-10> <MSA-1> <MSA-2> <round trip ms>`, then the error if any; "-" for what is absent.
-std::string text_line(const result& r)
-{
-    auto column = [](const std::optional<std::string>& v) { return v && !v->empty() ? *v : std::string("-"); };
-    std::string line = std::to_string(r.index) + ' ' + column(r.control_id) + ' ' + column(r.ack_code) + ' ' +
-                       column(r.ack_control_id) + ' ';
-    if (r.round_trip) {
-        char ms[32];
-        std::snprintf(ms, sizeof ms, "%.3f", static_cast<double>(r.round_trip->count()) / 1000.0);
-        line += ms;
-    } else {
-        line += '-';
-    }
-    if (!r.error.empty())
-        line += ' ' + r.error;
-    return line + '\n';
-}
-
-std::string json_line(const result& r)
-{
-    auto string_or_null = [](const std::optional<std::string>& v) { return v ? json_string(*v) : "null"; };
-    return "{\"index\":" + std::to_string(r.index) + ",\"control_id\":" + string_or_null(r.control_id) +
-           ",\"ack_code\":" + string_or_null(r.ack_code) + ",\"ack_control_id\":" + string_or_null(r.ack_control_id) +
-           ",\"rtt_us\":" + (r.round_trip ? std::to_string(r.round_trip->count()) : "null") +
-           ",\"error\":" + (r.error.empty() ? "null" : json_string(r.error)) + "}\n";
-}
-
-// A progress line on standard error when it is a terminal, once there are more than a few
-// messages: redrawn in place at most ten times a second, cleared at the end. When standard
-// output is the same terminal, result lines are written above it.
-class progress {
-public:
-    progress() : enabled_(::isatty(STDERR_FILENO) == 1), above_(::isatty(STDOUT_FILENO) == 1) {}
-
-    void tick(std::size_t sent, std::size_t accepted, std::size_t failed)
-    {
-        const auto now = steady::now();
-        if (!enabled_ || sent <= 20 || (shown_ && now - drawn_ < 100ms))
-            return;
-        const double seconds = std::chrono::duration<double>(now - start_).count();
-        char buf[160];
-        std::snprintf(buf, sizeof buf, "sent %zu, acknowledged %zu, failed %zu, %.0f msg/s", sent, accepted, failed,
-                      seconds > 0 ? static_cast<double>(accepted + failed) / seconds : 0.0);
-        text_ = buf;
-        drawn_ = now;
-        draw();
-    }
-
-    void print(const std::string& line)
-    {
-        if (shown_ && above_)
-            erase();
-        write_stdout(line);
-        if (!text_.empty() && above_ && enabled_)
-            draw();
-    }
-
-    void finish()
-    {
-        if (shown_)
-            erase();
-        text_.clear();
-    }
-
-private:
-    void draw()
-    {
-        std::fprintf(stderr, "\r%s\033[K", text_.c_str());
-        std::fflush(stderr);
-        shown_ = true;
-    }
-    void erase()
-    {
-        std::fputs("\r\033[K", stderr);
-        std::fflush(stderr);
-        shown_ = false;
-    }
-
-    const bool enabled_;
-    const bool above_;
-    const steady::time_point start_ = steady::now();
-    steady::time_point drawn_{};
-    std::string text_;
-    bool shown_ = false;
-};
-
 // Sends one message over `conn` and waits for its outcome; `waiting` is called about ten
 // times a second meanwhile.
+// `fatal` is set when the connection gave up without ever connecting: sending more is pointless.
 template <class Waiting>
-result send_one(connection& conn, message msg, const link_watch& watch, const std::string& peer, Waiting waiting)
+result send_one(connection& conn, message msg, const link_watch& watch, const std::string& peer,
+                std::optional<std::string>& fatal, Waiting waiting)
 {
     result r;
     if (!msg.control_id().empty())
@@ -232,7 +106,7 @@ result send_one(connection& conn, message msg, const link_watch& watch, const st
         r.error = "gave up after " + std::to_string(attempts) + " connection attempt" + (attempts == 1 ? "" : "s") +
                   ": " + what;
         if (!watch.ever_connected())
-            r.fatal = what;
+            fatal = what;
     } else if (ec == errc::connection_lost && watch.last_drop()) {
         r.error = describe(ec) + ": " + describe(watch.last_drop());
     } else if (ec) {
@@ -250,45 +124,29 @@ result send_one(connection& conn, message msg, const link_watch& watch, const st
     return r;
 }
 
-} // namespace
+struct send_options {
+    client_flags client;
+    bool json = false;
+    std::vector<std::string> files; ///< none or "-": standard input
+};
 
 int run_send(const send_options& o)
 {
-    if (o.port < 1 || o.port > 65535)
-        throw failure(exit_usage, "invalid port '" + std::to_string(o.port) + "': not in 1-65535");
-    if (!(o.ack_timeout > 0) || !(o.connect_timeout > 0))
-        throw failure(exit_usage, "timeouts must be more than 0 seconds");
-    if (o.max_frame == 0)
-        throw failure(exit_usage, "--max-frame must be at least 1 byte");
-    message_reader reader(o.files, o.max_frame);
+    connection_options co = o.client.options();
+    message_reader reader(o.files, o.client.max_frame);
 
     asio::io_context ctx;
     auto watch = std::make_shared<link_watch>();
-    connection_options co;
-    co.connect_timeout = to_ms(o.connect_timeout);
-    co.ack_timeout = to_ms(o.ack_timeout);
     co.queue_timeout = 0ms; // the wait for a connection is bounded by the retries instead
-    co.max_frame = o.max_frame;
-    co.reconnect.max_attempts = o.retries;
     co.observer = [watch](const connection_event& e) { watch->on(e); };
-    if (o.tls || o.tls_insecure || !o.tls_ca.empty() || !o.tls_cert.empty() || !o.tls_key.empty() ||
-        !o.tls_server_name.empty()) {
-        if (o.tls_cert.empty() != o.tls_key.empty())
-            throw failure(exit_usage, "--tls-cert and --tls-key go together");
-        co.tls = tls_client_options{.ca_file = o.tls_ca,
-                                    .certificate_file = o.tls_cert,
-                                    .private_key_file = o.tls_key,
-                                    .server_name = o.tls_server_name,
-                                    .insecure_skip_verification = o.tls_insecure};
-    }
-    auto created = client::create(ctx.get_executor(), {.host = o.host, .defaults = std::move(co)});
+    auto created = client::create(ctx.get_executor(), {.host = o.client.host, .defaults = std::move(co)});
     if (!created)
-        throw failure(exit_usage, "invalid host '" + o.host + "'");
-    auto connected = created.value().connect(o.port);
+        throw failure(exit_usage, "invalid host '" + o.client.host + "'");
+    auto connected = created.value().connect(o.client.port);
     if (!connected)
         throw failure(exit_usage, describe(connected.error()) + " (--tls-ca, --tls-cert, --tls-key)");
     connection conn = std::move(connected).value();
-    const std::string peer = host_port(created.value().host().text, static_cast<std::uint16_t>(o.port));
+    const std::string peer = o.client.peer();
     io_thread io(ctx);
 
     progress bar;
@@ -304,12 +162,11 @@ int run_send(const send_options& o)
         } else if (auto msg = message::parse(std::move(item->text)); !msg) {
             r.error = "input message does not parse: " + describe(msg.error());
         } else {
-            r = send_one(conn, std::move(msg).value(), *watch, peer,
+            r = send_one(conn, std::move(msg).value(), *watch, peer, fatal,
                          [&] { bar.tick(sent + 1, ok_count, failed_count); });
         }
         r.index = ++sent;
         ++(r.accepted ? ok_count : failed_count);
-        fatal = r.fatal;
         bar.print(o.json ? json_line(r) : text_line(r));
         bar.tick(sent, ok_count, failed_count);
     }
@@ -321,6 +178,27 @@ int run_send(const send_options& o)
     if (sent == 0)
         std::fputs("hl7: no messages in the input\n", stderr);
     return failed_count == 0 ? exit_ok : exit_failed;
+}
+
+} // namespace
+
+command define_send(CLI::App& app)
+{
+    auto o = std::make_shared<send_options>();
+    CLI::App* send = app.add_subcommand("send", "Send messages over MLLP and print their acknowledgements");
+    send->footer("Messages are sent in order over one connection, one at a time. One line per message:\n"
+                 "  <n> <MSH-10> <MSA-1> <MSA-2> <round trip ms> [error]   ('-' for what is absent)\n"
+                 "A message that fails is reported on its line and the next one is sent; but when the first\n"
+                 "connection attempts all fail, the rest of the input is not sent.\n"
+                 "Exit status: 0 when every message got AA or CA, 1 otherwise, 2 for a usage error.");
+    o->client.define(*send);
+    send->add_flag("--json", o->json,
+                   "One JSON object per line instead: index, control_id, ack_code, ack_control_id, rtt_us, error");
+    send->add_option("FILE", o->files,
+                     "Files of messages; none or '-': standard input. Segments end in CR, LF or CRLF; messages are "
+                     "separated by blank lines or the next MSH; MLLP-framed input and FHS/BHS batches are accepted")
+        ->type_name("");
+    return {send, [o] { return run_send(*o); }};
 }
 
 } // namespace hl7::tool

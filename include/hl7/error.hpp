@@ -118,6 +118,15 @@ const boost::system::error_category& error_category() noexcept;
 /// The "hl7.ack" category. Thread-safe; a single instance.
 const boost::system::error_category& ack_error_category() noexcept;
 
+/// Whether a send that failed with `ec` may still have been processed by the peer: its message
+/// was written, wholly or in part, and no acknowledgement matched it (errc::ack_timeout,
+/// connection_lost, ack_mismatch, invalid_ack, frame_too_large). Such a message is in the
+/// ambiguous window: sending it again may deliver it twice. Every other failure, cancellation
+/// of a send that had not been written included, happens before the message reaches the wire.
+/// (A message abandoned by terminal cancellation after it was written also completes with
+/// operation_aborted; the caller that abandons it takes that doubt upon itself.)
+bool in_doubt(const boost::system::error_code& ec) noexcept;
+
 inline boost::system::error_code make_error_code(errc e) noexcept
 {
     return {static_cast<int>(e), error_category()};

@@ -155,7 +155,9 @@ TEST_CASE("every combination of MSH-15 and MSH-16 gets the acknowledgement it as
                                  r.msh16 + "\r");
         const std::pair<verdict, const char*> cases[] = {
             {verdict::accept, r.accept}, {verdict::error, r.error}, {verdict::reject, r.reject}};
-        for (const auto& [v, expected] : cases) {
+        for (const auto& c : cases) {
+            const verdict v = c.first;
+            const char* const expected = c.second;
             CAPTURE(r.msh15);
             CAPTURE(r.msh16);
             CAPTURE(to_string(v));
