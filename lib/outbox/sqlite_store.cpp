@@ -25,7 +25,9 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 namespace hl7::detail {
@@ -335,6 +337,45 @@ error_code check_file(const std::string& path)
     return {};
 }
 
+// SQLite reports a write that fails outright (EFBIG past a file size limit, EDQUOT) as an I/O
+// error, and does not keep the errno reliably: a failed write is taken for a full disk when
+// the files are at the process's file size limit or the filesystem has no room left.
+bool out_of_room(const std::string& path)
+{
+    struct rlimit rl{};
+    if (::getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        for (const std::string& f : {path, path + "-wal"}) {
+            struct stat st{};
+            if (::stat(f.c_str(), &st) == 0 && static_cast<rlim_t>(st.st_size) + 65536 >= rl.rlim_cur)
+                return true;
+        }
+    }
+    const auto slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+    struct statvfs vfs{};
+    return ::statvfs(dir.c_str(), &vfs) == 0 && static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize < 1024 * 1024;
+}
+
+// Whether the file (or, for a new one, its directory) can be written, with the effective ids:
+// SQLite would open an unwritable file read-only without saying so, and names an unwritable
+// directory no better than a missing one.
+error_code check_access(const std::string& path)
+{
+    const auto slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+    if (::faccessat(AT_FDCWD, dir.c_str(), F_OK, AT_EACCESS) != 0)
+        return outbox_errc::cannot_open;
+    const bool exists = ::faccessat(AT_FDCWD, path.c_str(), F_OK, AT_EACCESS) == 0;
+    // The directory must take the -wal, -shm and .lock files beside the database.
+    if (::faccessat(AT_FDCWD, dir.c_str(), W_OK | X_OK, AT_EACCESS) != 0)
+        return errno == EACCES || errno == EROFS || errno == EPERM ? error_code(outbox_errc::read_only)
+                                                                   : error_code(outbox_errc::cannot_open);
+    if (exists && ::faccessat(AT_FDCWD, path.c_str(), R_OK | W_OK, AT_EACCESS) != 0)
+        return errno == EACCES || errno == EROFS || errno == EPERM ? error_code(outbox_errc::read_only)
+                                                                   : error_code(outbox_errc::cannot_open);
+    return {};
+}
+
 // --- operations --------------------------------------------------------------------------------
 
 // One operation given to the store's thread: its body runs inside the batch's transaction,
@@ -392,7 +433,8 @@ private:
 class sqlite_store final : public store {
 public:
     sqlite_store(asio::any_io_executor ex, std::unique_ptr<database> db, std::string path, sqlite_settings settings)
-        : ex_(std::move(ex)), db_(std::move(db)), lock_path_(std::move(path) + ".lock"), settings_(std::move(settings))
+        : ex_(std::move(ex)), db_(std::move(db)), path_(std::move(path)), lock_path_(path_ + ".lock"),
+          settings_(std::move(settings))
     {
         thread_ = std::thread([this] { work(); });
     }
@@ -815,11 +857,14 @@ private:
         database& db = *db_;
         const std::size_t writers = static_cast<std::size_t>(
             std::count_if(batch.begin(), batch.end(), [](const auto& j) { return j->writes(); }));
+        auto refine = [&](error_code ec) {
+            return ec == outbox_errc::store_io_error && out_of_room(path_) ? error_code(outbox_errc::store_full) : ec;
+        };
         auto fail_all = [&](error_code ec) {
             if (db.in_transaction())
                 (void)db.exec("ROLLBACK");
             for (auto& j : batch)
-                j->complete(ec);
+                j->complete(refine(ec));
         };
         if (auto ec = db.exec(writers > 0 ? "BEGIN IMMEDIATE" : "BEGIN"))
             return fail_all(ec);
@@ -852,7 +897,7 @@ private:
         if (auto ec = db.exec("COMMIT"))
             return fail_all(ec);
         for (std::size_t i = 0; i < batch.size(); ++i)
-            batch[i]->complete(results[i]);
+            batch[i]->complete(refine(results[i]));
     }
 
     void unlock()
@@ -866,6 +911,7 @@ private:
 
     asio::any_io_executor ex_;
     std::unique_ptr<database> db_;
+    std::string path_;
     std::string lock_path_;
     sqlite_settings settings_;
     // Only the store's thread touches these two.
@@ -927,6 +973,8 @@ outcome::result<std::unique_ptr<store>> open_sqlite_store(asio::any_io_executor 
 {
     if (path.empty())
         return error_code(outbox_errc::cannot_open);
+    if (auto ec = check_access(path))
+        return ec;
     if (auto ec = check_file(path))
         return ec;
     sqlite3* handle = nullptr;
@@ -948,6 +996,10 @@ outcome::result<std::unique_ptr<store>> open_sqlite_store(asio::any_io_executor 
         if (s.text(0) != "wal")
             return error_code(outbox_errc::read_only); // WAL could not be set up (its files cannot be made)
     }
+    // SQLite opens a file it may not write read-only without saying so: refuse it here rather
+    // than at the first enqueue.
+    if (sqlite3_db_readonly(handle, "main") == 1)
+        return error_code(outbox_errc::read_only);
     if (auto ec = db->exec(settings.synchronous == outbox_synchronous::full ? "PRAGMA synchronous = FULL"
                                                                             : "PRAGMA synchronous = NORMAL"))
         return ec;
