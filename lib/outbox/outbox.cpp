@@ -879,8 +879,13 @@ void outbox::close_impl(const std::shared_ptr<impl>& i, handler<void()> h)
 
 // --- coroutine forms -----------------------------------------------------------------------------
 
-asio::awaitable<outcome::result<enqueue_result>> outbox::enqueue(outbox_destination to, message msg,
-                                                                 enqueue_options options)
+asio::awaitable<outcome::result<enqueue_result>> outbox::enqueue(const outbox_destination& to, message msg)
+{
+    return enqueue(to, std::move(msg), enqueue_options{});
+}
+
+asio::awaitable<outcome::result<enqueue_result>> outbox::enqueue(const outbox_destination& to, message msg,
+                                                                 const enqueue_options& options)
 {
     // Without a coroutine frame of its own: the awaitable completes straight from the
     // operation's handler (see connection::send).
@@ -892,10 +897,10 @@ asio::awaitable<outcome::result<enqueue_result>> outbox::enqueue(outbox_destinat
             };
             enqueue_impl(i, std::move(d), std::move(m), std::move(o), asio::bind_executor(ex, std::move(to_result)));
         },
-        asio::use_awaitable, std::move(to), std::move(msg), std::move(options));
+        asio::use_awaitable, to, std::move(msg), options);
 }
 
-asio::awaitable<outcome::result<void>> outbox::run(outbox_destination to, outbox_run_options options)
+asio::awaitable<outcome::result<void>> outbox::run(const outbox_destination& to, const outbox_run_options& options)
 {
     return asio::async_initiate<const asio::use_awaitable_t<>&, void(outcome::result<void>)>(
         [i = impl_](auto handler, outbox_destination d, outbox_run_options o) {
@@ -907,7 +912,7 @@ asio::awaitable<outcome::result<void>> outbox::run(outbox_destination to, outbox
             run_impl(i, std::move(d), std::move(o),
                      asio::bind_cancellation_slot(slot, asio::bind_executor(ex, std::move(to_result))));
         },
-        asio::use_awaitable, std::move(to), std::move(options));
+        asio::use_awaitable, to, options);
 }
 
 asio::awaitable<outcome::result<outbox_record>> outbox::next_outcome(std::uint64_t after)

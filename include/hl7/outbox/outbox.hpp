@@ -320,9 +320,12 @@ public:
             token, std::move(to), std::move(msg), std::move(options));
     }
 
-    /// The coroutine form of async_enqueue.
-    boost::asio::awaitable<outcome::result<enqueue_result>> enqueue(outbox_destination to, message msg,
-                                                                    enqueue_options options = {});
+    /// The coroutine form of async_enqueue. (Overloads rather than a default argument: GCC 12
+    /// may destroy twice a class temporary that lives across a co_await, as a defaulted
+    /// argument of the awaited call does.)
+    boost::asio::awaitable<outcome::result<enqueue_result>> enqueue(const outbox_destination& to, message msg);
+    boost::asio::awaitable<outcome::result<enqueue_result>> enqueue(const outbox_destination& to, message msg,
+                                                                    const enqueue_options& options);
 
     /// Delivers the messages pending for `to`, every lane at once, until cancelled or, with
     /// options.until_empty, until nothing is pending. Completion signature void(error_code):
@@ -347,7 +350,7 @@ public:
     }
 
     /// The coroutine form of async_run.
-    boost::asio::awaitable<outcome::result<void>> run(outbox_destination to, outbox_run_options options = {});
+    boost::asio::awaitable<outcome::result<void>> run(const outbox_destination& to, const outbox_run_options& options);
 
     /// The first outcome after `after` in the stream of outcomes: the record of the first
     /// message that became final with outbox_record::outcome > after, waiting until there is
