@@ -19,7 +19,7 @@ public:
         case outbox_errc::already_running: return "this outbox is already delivering to the destination";
         case outbox_errc::not_found: return "no such message in the outbox";
         case outbox_errc::invalid_lanes: return "invalid number of lanes: not in 1-1024";
-        case outbox_errc::unsupported_location: return "PostgreSQL outboxes are not supported yet";
+        case outbox_errc::unsupported_location: return "the PostgreSQL outbox is not supported yet";
         case outbox_errc::cannot_open: return "the outbox file cannot be opened or created";
         case outbox_errc::read_only: return "the outbox file or its directory is read-only";
         case outbox_errc::store_full: return "disk full (or file size limit reached): the change was not stored";
