@@ -134,8 +134,9 @@ int run_enqueue(const enqueue_flags& o)
     if (o.partition_key.empty() && o.lanes > 1)
         throw failure(exit_usage, "--lanes needs --partition-key");
     message_reader reader(o.files, o.max_frame);
+    const auto pauses = pause_points::from_environment();
     asio::io_context ctx;
-    outbox box = o.outbox.open(ctx.get_executor(), false);
+    outbox box = o.outbox.open(ctx.get_executor(), false, [pauses](const outbox_event& e) { pauses->on(e); });
     io_thread io(ctx);
     const outbox_destination to{.host = o.host, .port = static_cast<std::uint16_t>(o.port)};
     std::size_t count = 0, refused = 0;
