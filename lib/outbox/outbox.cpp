@@ -68,9 +68,17 @@ std::string to_string(const outbox_destination& d)
     std::string_view host = d.host;
     if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
         host = host.substr(1, host.size() - 2);
-    const std::string port = std::to_string(d.port);
-    return host.find(':') != std::string_view::npos ? "[" + std::string(host) + "]:" + port
-                                                   : std::string(host) + ":" + port;
+    const bool v6 = host.find(':') != std::string_view::npos;
+    std::string out;
+    out.reserve(host.size() + 8);
+    if (v6)
+        out += '[';
+    out.append(host);
+    if (v6)
+        out += ']';
+    out += ':';
+    out += std::to_string(d.port);
+    return out;
 }
 
 outcome::result<std::uint32_t> outbox_lane(const message& msg, const enqueue_options& options)

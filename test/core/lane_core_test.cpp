@@ -7,6 +7,8 @@
 #include <hl7/model/ack.hpp>
 #include <hl7/model/message.hpp>
 
+#include "support/util.hpp"
+
 #include <boost/asio/error.hpp>
 
 #include <doctest/doctest.h>
@@ -82,7 +84,7 @@ const time_point t0 = time_point(1'700'000'000s);
 
 std::string cid(std::int64_t id)
 {
-    return "C" + std::to_string(id);
+    return hl7::test::label("C", id);
 }
 
 std::string message_bytes(std::int64_t id)

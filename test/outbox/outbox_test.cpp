@@ -6,6 +6,7 @@
 #include "support/async_util.hpp"
 #include "support/peer.hpp"
 #include "support/tool_util.hpp"
+#include "support/util.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -116,7 +117,7 @@ asio::awaitable<std::vector<std::int64_t>> enqueue_all(hl7::outbox& box, const h
 {
     std::vector<std::int64_t> out;
     for (const std::string& id : ids) {
-        hl7::message m = make_message(id, "P" + std::to_string(out.size() % 5));
+        hl7::message m = make_message(id, hl7::test::label("P", out.size() % 5));
         auto r = co_await box.enqueue(to, std::move(m), options);
         REQUIRE_MESSAGE(r.has_value(), r.error().message());
         out.push_back(r.value().id);
@@ -423,8 +424,8 @@ TEST_CASE("a partition key splits a destination into lanes, each over its own co
         std::map<std::string, std::vector<std::string>> by_patient;
         std::set<std::uint32_t> used;
         for (int i = 0; i < 40; ++i) {
-            const std::string id = "L" + std::to_string(i);
-            const std::string patient = "PAT" + std::to_string(i % 8);
+            const std::string id = hl7::test::label("L", i);
+            const std::string patient = hl7::test::label("PAT", i % 8);
             hl7::message m = make_message(id, patient);
             const auto lane = hl7::outbox_lane(m, lanes);
             REQUIRE(lane.has_value());

@@ -5,6 +5,7 @@
 #include "outbox/sqlite_store.hpp"
 
 #include "support/tool_util.hpp"
+#include "support/util.hpp"
 
 #include <boost/asio/io_context.hpp>
 
@@ -258,7 +259,7 @@ TEST_CASE("concurrent enqueues share commits, and every one of them is stored")
     constexpr int n = 300;
     int done = 0, failed = 0;
     for (int i = 0; i < n; ++i)
-        f.store->enqueue(msg("G" + std::to_string(i)), [&](error_code ec, hl7::enqueue_result) {
+        f.store->enqueue(msg(hl7::test::label("G", i)), [&](error_code ec, hl7::enqueue_result) {
             ++done;
             failed += ec ? 1 : 0;
         });
@@ -352,7 +353,7 @@ TEST_CASE("the pending query gives a lane's queued and written messages by id, a
     REQUIRE(f.store);
     std::vector<std::int64_t> lane1;
     for (int i = 0; i < 6; ++i) {
-        const auto r = f.enqueue(msg("Q" + std::to_string(i), static_cast<std::uint32_t>(i % 2)));
+        const auto r = f.enqueue(msg(hl7::test::label("Q", i), static_cast<std::uint32_t>(i % 2)));
         if (i % 2 == 1)
             lane1.push_back(r.id);
     }
@@ -499,7 +500,7 @@ TEST_CASE("a truncated outbox file is refused as damaged")
         fixture f(db_in(dir));
         REQUIRE(f.store);
         for (int i = 0; i < 300; ++i)
-            f.enqueue({.destination = "h:1", .control_id = "T" + std::to_string(i), .bytes = bytes_of("T", 1000), .at = t0});
+            f.enqueue({.destination = "h:1", .control_id = hl7::test::label("T", i), .bytes = bytes_of("T", 1000), .at = t0});
     }
     REQUIRE(!fs::exists(db_in(dir) + "-wal")); // checkpointed at close
     const auto size = fs::file_size(db_in(dir));
@@ -619,7 +620,7 @@ TEST_CASE("a full disk (a file size limit, RLIMIT_FSIZE, in a child) fails enque
             return "open: " + f.open_error.message();
         int stored = 0;
         for (int i = 1; i < 1000; ++i) {
-            auto m = msg("F" + std::to_string(i));
+            auto m = msg(hl7::test::label("F", i));
             m.bytes = bytes_of(m.control_id, 20000);
             auto [ec, r] = f.call<hl7::enqueue_result>([&](auto h) { f.store->enqueue(std::move(m), std::move(h)); });
             if (ec)

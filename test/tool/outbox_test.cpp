@@ -3,6 +3,7 @@
 // look after an outbox, and bad files and environments.
 #include "support/flat_json.hpp"
 #include "support/tool_util.hpp"
+#include "support/util.hpp"
 
 #include <doctest/doctest.h>
 
@@ -113,7 +114,7 @@ TEST_CASE("send --outbox run again with the same input reports every message fro
     for (std::size_t i = 0; i < 5; ++i) {
         CHECK(b[i]["outbox_id"] == a[i].at("outbox_id"));
         CHECK(b[i]["state"] == json_value(std::string("acknowledged")));
-        CHECK(b[i]["control_id"] == json_value("R" + std::to_string(i + 1)));
+        CHECK(b[i]["control_id"] == json_value(hl7::test::label("R", i + 1)));
     }
     CHECK(received(l.stop().out) == 5); // the listener got each message once
 }
