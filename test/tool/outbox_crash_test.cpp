@@ -313,6 +313,7 @@ TEST_CASE("hl7 outbox enqueue and run over 4 lanes, killed again and again, lose
             break;
         ++kills;
     }
+    MESSAGE("killed " << kills << " times while delivering, 3 times while enqueuing");
     CHECK(kills >= 10);
     const auto last = run(deliver, {}, 180s);
     REQUIRE_FALSE(last.timed_out);
