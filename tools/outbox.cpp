@@ -4,6 +4,7 @@
 #include "client_flags.hpp"
 #include "commands.hpp"
 #include "input.hpp"
+#include "metrics.hpp"
 #include "outbox_common.hpp"
 #include "output.hpp"
 
@@ -14,11 +15,14 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <array>
 #include <csignal>
 #include <cstdio>
 #include <future>
+#include <mutex>
 
 namespace hl7::tool {
 
@@ -33,6 +37,120 @@ struct run_options {
     retry_flags retry;
     bool until_empty = false;
     bool json = false;
+    std::string metrics; ///< HOST:PORT of the Prometheus endpoint; empty: none
+};
+
+// What `outbox run --metrics` serves: the outbox's counts (refreshed every few seconds and
+// after outcomes, since a scrape cannot wait for the store) and what this process did.
+class run_metrics {
+public:
+    void on(const outbox_event& e)
+    {
+        std::lock_guard lock(mutex_);
+        switch (e.what) {
+        case outbox_event::kind::committing:
+            ++commits_;
+            changes_ += e.count;
+            break;
+        case outbox_event::kind::written: ++sent_[e.possible_duplicate ? 1 : 0]; break;
+        case outbox_event::kind::outcome: ++outcomes_[static_cast<std::size_t>(e.state)]; break;
+        case outbox_event::kind::retry_scheduled: ++retries_; break;
+        default: break;
+        }
+    }
+
+    void counts(std::vector<outbox_lane_status> lanes)
+    {
+        std::lock_guard lock(mutex_);
+        lanes_ = std::move(lanes);
+        counted_ = outbox_clock::now();
+    }
+
+    std::string text() const
+    {
+        std::lock_guard lock(mutex_);
+        exposition e;
+        const auto now = outbox_clock::now();
+        e.family("hl7_outbox_messages", "gauge", "Messages in the outbox, by destination, lane and state");
+        for (const auto& l : lanes_) {
+            const std::string lane = std::to_string(l.lane);
+            const std::pair<outbox_state, std::uint64_t> by_state[] = {
+                {outbox_state::queued, l.queued},       {outbox_state::written, l.written},
+                {outbox_state::acknowledged, l.acknowledged}, {outbox_state::rejected, l.rejected},
+                {outbox_state::failed, l.failed}};
+            for (const auto& [state, n] : by_state)
+                e.sample("hl7_outbox_messages", static_cast<double>(n),
+                         {{"destination", l.destination}, {"lane", lane}, {"state", to_string(state)}});
+        }
+        e.family("hl7_outbox_possible_duplicates", "gauge", "Messages flagged as possible duplicates");
+        for (const auto& l : lanes_)
+            e.sample("hl7_outbox_possible_duplicates", static_cast<double>(l.possible_duplicates),
+                     {{"destination", l.destination}, {"lane", std::to_string(l.lane)}});
+        e.family("hl7_outbox_oldest_pending_seconds", "gauge",
+                 "Age of the oldest message not final yet (0 when there is none)");
+        for (const auto& l : lanes_)
+            e.sample("hl7_outbox_oldest_pending_seconds",
+                     l.oldest_pending ? std::chrono::duration<double>(now - *l.oldest_pending).count() : 0.0,
+                     {{"destination", l.destination}, {"lane", std::to_string(l.lane)}});
+        e.family("hl7_outbox_counts_age_seconds", "gauge", "How old the counts above are");
+        e.sample("hl7_outbox_counts_age_seconds", std::chrono::duration<double>(now - counted_).count());
+        e.family("hl7_outbox_outcomes_total", "counter", "Messages this process recorded final, by state");
+        for (outbox_state s : {outbox_state::acknowledged, outbox_state::rejected, outbox_state::failed})
+            e.sample("hl7_outbox_outcomes_total", static_cast<double>(outcomes_[static_cast<std::size_t>(s)]),
+                     {{"state", to_string(s)}});
+        e.family("hl7_outbox_sent_total", "counter", "Messages this process handed to a connection");
+        e.sample("hl7_outbox_sent_total", static_cast<double>(sent_[0]), {{"possible_duplicate", "false"}});
+        e.sample("hl7_outbox_sent_total", static_cast<double>(sent_[1]), {{"possible_duplicate", "true"}});
+        e.family("hl7_outbox_retries_total", "counter", "Failed sendings that will be tried again");
+        e.sample("hl7_outbox_retries_total", static_cast<double>(retries_));
+        e.family("hl7_outbox_commits_total", "counter", "Group commits made");
+        e.sample("hl7_outbox_commits_total", static_cast<double>(commits_));
+        e.family("hl7_outbox_committed_changes_total", "counter", "Operations those commits made durable");
+        e.sample("hl7_outbox_committed_changes_total", static_cast<double>(changes_));
+        return e.text();
+    }
+
+private:
+    mutable std::mutex mutex_;
+    std::vector<outbox_lane_status> lanes_;
+    outbox_clock::time_point counted_ = outbox_clock::now();
+    std::array<std::uint64_t, 5> outcomes_{};
+    std::array<std::uint64_t, 2> sent_{};
+    std::uint64_t retries_ = 0, commits_ = 0, changes_ = 0;
+};
+
+// Refreshes the counts every `period`, and soon after an outcome.
+class counts_refresher : public std::enable_shared_from_this<counts_refresher> {
+public:
+    counts_refresher(asio::io_context& ctx, outbox& box, run_metrics& m) : timer_(ctx), box_(box), metrics_(m) {}
+
+    void start() { refresh(); }
+    void stop()
+    {
+        stopped_ = true;
+        timer_.cancel();
+    }
+
+private:
+    void refresh()
+    {
+        box_.async_status([self = shared_from_this()](error_code ec, std::vector<outbox_lane_status> lanes) {
+            if (!ec)
+                self->metrics_.counts(std::move(lanes));
+            if (self->stopped_)
+                return;
+            self->timer_.expires_after(std::chrono::seconds(2));
+            self->timer_.async_wait([self](error_code wait) {
+                if (!wait && !self->stopped_)
+                    self->refresh();
+            });
+        });
+    }
+
+    asio::steady_timer timer_;
+    outbox& box_;
+    run_metrics& metrics_;
+    bool stopped_ = false;
 };
 
 struct enqueue_flags {
@@ -97,13 +215,28 @@ int run_run(const run_options& o)
     const auto pauses = pause_points::from_environment();
     ro.connection.observer = [pauses](const connection_event& e) { pauses->on(e); };
     const bool json = o.json;
+    auto metrics = std::make_shared<run_metrics>();
     asio::io_context ctx;
-    outbox box = o.outbox.open(ctx.get_executor(), false, [pauses, json](const outbox_event& e) {
+    outbox box = o.outbox.open(ctx.get_executor(), false, [pauses, json, metrics](const outbox_event& e) {
         pauses->on(e);
+        metrics->on(e);
         if (e.what == outbox_event::kind::outcome)
             write_stdout(outcome_line(e, json));
     });
     const outbox_destination to{.host = o.client.host, .port = static_cast<std::uint16_t>(o.client.port)};
+    std::optional<metrics_endpoint> endpoint;
+    std::shared_ptr<counts_refresher> refresher;
+    if (!o.metrics.empty()) {
+        auto started = metrics_endpoint::start(ctx.get_executor(), o.metrics, [metrics] { return metrics->text(); });
+        if (!started)
+            throw failure(started.error() == errc::invalid_host || started.error() == errc::invalid_port ? exit_usage
+                                                                                                          : exit_failed,
+                          "cannot serve metrics at '" + o.metrics + "': " + describe(started.error()));
+        endpoint.emplace(std::move(started).value());
+        std::fprintf(stderr, "hl7: metrics at http://%s/metrics\n", host_port(endpoint->local_endpoint()).c_str());
+        refresher = std::make_shared<counts_refresher>(ctx, box, *metrics);
+        refresher->start();
+    }
     asio::signal_set signals(ctx, SIGTERM, SIGINT);
     asio::cancellation_signal stop;
     signals.async_wait([&stop](error_code ec, int) {
@@ -115,6 +248,11 @@ int run_run(const run_options& o)
     box.async_run(to, ro, asio::bind_cancellation_slot(stop.slot(), [&done](error_code ec) { done.set_value(ec); }));
     io_thread io(ctx);
     const error_code ec = finished.get();
+    if (refresher)
+        asio::post(ctx, [refresher, &endpoint] {
+            refresher->stop();
+            endpoint->stop();
+        });
     box.async_close(asio::use_future).get();
     if (ec && ec != asio::error::operation_aborted)
         throw failure(exit_failed, describe(ec) + " (outbox " + o.outbox.path + ")");
@@ -323,6 +461,10 @@ command define_outbox(CLI::App& app)
     run->retry.define(*r);
     r->add_flag("--until-empty", run->until_empty, "Stop once nothing is pending for the destination");
     r->add_flag("--json", run->json, "One JSON object per line: outbox_id, control_id, state, attempts, possible_duplicate");
+    r->add_option("--metrics", run->metrics,
+                  "Serve Prometheus metrics at http://HOST:PORT/metrics (counts by lane and state, the oldest "
+                  "pending message, outcomes, retries, commits); port 0 picks one, named on standard error")
+        ->type_name("HOST:PORT");
 
     auto enq = std::make_shared<enqueue_flags>();
     CLI::App* e = box->add_subcommand("enqueue", "Store messages for a destination without sending them");
