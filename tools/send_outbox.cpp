@@ -109,9 +109,10 @@ int run_send_outbox(const send_outbox_flags& flags, const client_flags& client, 
     };
 
     // Outcomes recorded from now on come through the stream; earlier ones are read by id.
-    auto [lec, cursor] = wait_for<std::uint64_t>([&](auto h) { box.async_latest_outcome(std::move(h)); });
-    if (lec)
-        throw store_failed(lec);
+    const auto latest = wait_for<std::uint64_t>([&](auto h) { box.async_latest_outcome(std::move(h)); });
+    if (std::get<0>(latest))
+        throw store_failed(std::get<0>(latest));
+    std::uint64_t cursor = std::get<1>(latest);
 
     std::deque<stored_message> items;
     store_input(box, to, {}, reader, path, [&](std::size_t, const stored_message& m) { items.push_back(m); });

@@ -716,7 +716,8 @@ TEST_CASE("random runs with failed sends and crashes lose nothing, flag every du
             if (times[id]++ == 0)
                 first.push_back(id);
         for (const auto& [id, r] : w.store.rows) {
-            CAPTURE(id);
+            const auto id_seen = id;
+            CAPTURE(id_seen);
             CHECK(r.state == outbox_state::acknowledged);
             CHECK(times[id] >= 1);
             if (times[id] > 1)
@@ -818,7 +819,8 @@ TEST_CASE("a store failure injected at every step stops the lane with it, sends 
         CHECK(second.stops == 0);
         CHECK_FALSE(second.sent_unmarked);
         for (const auto& [id, r] : store.rows) {
-            CAPTURE(id);
+            const auto id_seen = id;
+            CAPTURE(id_seen);
             CHECK(r.state == outbox_state::acknowledged);
             CHECK(r.possible_duplicate == (written_before.count(id) > 0));
         }

@@ -206,7 +206,8 @@ void check_guarantees(const std::vector<std::string>& received, const std::map<s
         ++times[id];
     int lost = 0, unflagged = 0, duplicated = 0;
     for (const auto& [id, rec] : recs) {
-        CAPTURE(id);
+        const auto id_seen = id;
+        CAPTURE(id_seen);
         CHECK(std::get<std::string>(rec.at("state")) == "acknowledged");
         lost += times[id] == 0;
         if (times[id] > 1) {
@@ -227,7 +228,8 @@ void check_guarantees(const std::vector<std::string>& received, const std::map<s
         firsts[std::get<std::int64_t>(rec.at("lane"))].push_back(std::get<std::int64_t>(rec.at("outbox_id")));
     }
     for (const auto& [lane, ids] : firsts) {
-        CAPTURE(lane);
+        const auto lane_seen = lane;
+        CAPTURE(lane_seen);
         CHECK(std::is_sorted(ids.begin(), ids.end()));
     }
 }

@@ -10,8 +10,13 @@
 #include <filesystem>
 #include <set>
 #include <sstream>
+#include <thread>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 using namespace hl7::test;
 
@@ -58,6 +63,29 @@ std::size_t received(const std::string& out)
     for (const std::string& line : lines(out))
         n += line.starts_with("{");
     return n;
+}
+
+// GET /metrics from 127.0.0.1:`port`, the whole response (empty when nobody answers).
+std::string scrape(int port)
+{
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string response;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+        const std::string request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+            char buf[4096];
+            ssize_t n;
+            while ((n = ::read(fd, buf, sizeof buf)) > 0)
+                response.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    ::close(fd);
+    return response;
 }
 
 // The status of the one lane of an outbox, as JSON.
@@ -245,6 +273,39 @@ TEST_CASE("outbox run delivers until SIGTERM and exits 0; a second runner on the
     auto s = lane_status(db);
     CHECK(s["acknowledged"] == json_value(std::int64_t{1}));
     CHECK(s["lease_owner"] == json_value(json_null{}));
+}
+
+TEST_CASE("outbox run --metrics serves the outbox's counts and what the run did, in the Prometheus text format")
+{
+    temp_dir dir;
+    const std::string db = (dir.path() / "out.db").string();
+    listener l({"--json"});
+    CHECK(run({tool(), "outbox", "enqueue", "--outbox", db, "--port", l.port()}, messages("P", 2)).status == 0);
+    child runner({tool(), "outbox", "run", "--outbox", db, "--port", l.port(), "--metrics", "127.0.0.1:0"});
+    REQUIRE(runner.read_line(10s).has_value());
+    REQUIRE(runner.read_line(10s).has_value()); // both delivered
+    const std::string err = runner.err();
+    const auto at = err.find("hl7: metrics at http://127.0.0.1:");
+    REQUIRE(at != std::string::npos);
+    const int port = std::stoi(err.substr(at + 33));
+    const std::string lane = "{destination=\"127.0.0.1:" + l.port() + "\",lane=\"0\"";
+    std::string body;
+    for (int i = 0; i < 100; ++i) { // the counts are refreshed every 2 s
+        body = scrape(port);
+        if (body.find("hl7_outbox_messages" + lane + ",state=\"acknowledged\"} 2\n") != std::string::npos)
+            break;
+        std::this_thread::sleep_for(100ms);
+    }
+    INFO("metrics: " << body);
+    CHECK(body.starts_with("HTTP/1.1 200"));
+    CHECK(body.find("hl7_outbox_messages" + lane + ",state=\"acknowledged\"} 2\n") != std::string::npos);
+    CHECK(body.find("hl7_outbox_messages" + lane + ",state=\"queued\"} 0\n") != std::string::npos);
+    CHECK(body.find("hl7_outbox_outcomes_total{state=\"acknowledged\"} 2\n") != std::string::npos);
+    CHECK(body.find("hl7_outbox_sent_total{possible_duplicate=\"false\"} 2\n") != std::string::npos);
+    CHECK(body.find("# TYPE hl7_outbox_commits_total counter\n") != std::string::npos);
+    runner.signal(SIGTERM);
+    CHECK(runner.wait(10s).status == 0);
+    CHECK(run({tool(), "outbox", "run", "--outbox", db, "--port", l.port(), "--metrics", "nowhere"}).status == 2);
 }
 
 TEST_CASE("outbox list, retry and purge: states, ids that are not dead letters, and times in both formats")
