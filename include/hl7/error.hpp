@@ -9,6 +9,12 @@
 // unchanged in their own categories.
 #pragma once
 
+// Before C++20 every header would fail in many places; this stops the compiler at once with one
+// message that says why (an #error would let it go on to report the rest).
+#if __cplusplus < 202002L
+#include <hl7-client needs C++20: compile with -std=c++20 (in Meson, cpp_std=c++20)>
+#endif
+
 #include <boost/outcome/result.hpp>
 #include <boost/system/error_code.hpp>
 
