@@ -136,7 +136,8 @@ std::vector<std::string> numbered(const std::string& prefix, int n)
 asio::awaitable<hl7::outbox_record> get(hl7::outbox& box, std::int64_t id)
 {
     auto [ec, r] = co_await box.async_get(id, asio::as_tuple(asio::use_awaitable));
-    REQUIRE_MESSAGE(!ec, ec.message());
+    const error_code failed = ec; // a structured binding cannot be captured by the message's lambda
+    REQUIRE_MESSAGE(!failed, failed.message());
     co_return r;
 }
 

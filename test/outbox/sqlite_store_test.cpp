@@ -299,7 +299,7 @@ TEST_CASE("a lease is renewed by its owner, taken over with the next token, and 
     REQUIRE(s.size() == 1);
     CHECK(s[0].lease_owner == "b");
     CHECK(s[0].lease_token == 2);
-    CHECK(std::get<0>(f.call<>([&](auto h) { f.store->release(b, std::move(h)); })) == error_code{});
+    CHECK(std::get<0>(f.call<>([&, lease = b](auto h) { f.store->release(lease, std::move(h)); })) == error_code{});
     CHECK(f.status()[0].lease_owner == "");
 }
 
