@@ -2,6 +2,7 @@
 // never answer: result lines, exit statuses, resuming after a run, JSON keys, the commands that
 // look after an outbox, and bad files and environments.
 #include "support/flat_json.hpp"
+#include "support/tls_certs.hpp"
 #include "support/tool_util.hpp"
 #include "support/util.hpp"
 
@@ -306,6 +307,31 @@ TEST_CASE("outbox run --metrics serves the outbox's counts and what the run did,
     runner.signal(SIGTERM);
     CHECK(runner.wait(10s).status == 0);
     CHECK(run({tool(), "outbox", "run", "--outbox", db, "--port", l.port(), "--metrics", "nowhere"}).status == 2);
+}
+
+TEST_CASE("the TLS flags of hl7 send apply to send --outbox and to outbox run, mutual TLS included")
+{
+    const certificates& certs = shared_certificates();
+    temp_dir dir;
+    const std::string db = (dir.path() / "out.db").string();
+    listener l({"--json", "--tls-cert", certs.server_cert, "--tls-key", certs.server_key, "--tls-ca", certs.ca});
+    const std::vector<std::string> tls{"--tls-ca", certs.ca, "--tls-cert", certs.client_cert, "--tls-key", certs.client_key};
+    std::vector<std::string> send{tool(), "send", "--outbox", db, "--port", l.port(), "--json"};
+    send.insert(send.end(), tls.begin(), tls.end());
+    const auto sent = run(send, small_message("TLS1"));
+    CHECK(sent.status == 0);
+    CHECK(json_lines(sent.out).at(0)["state"] == json_value(std::string("acknowledged")));
+    // Without a client certificate the server refuses the handshake: the message stays queued.
+    const auto refused = run({tool(), "send", "--outbox", db, "--port", l.port(), "--tls-ca", certs.ca, "--retries", "1"},
+                             small_message("TLS2"));
+    CHECK(refused.status == 1);
+    CHECK(refused.err.find("gave up after 1 connection attempt") != std::string::npos);
+    std::vector<std::string> deliver{tool(), "outbox", "run", "--outbox", db, "--port", l.port(), "--until-empty"};
+    deliver.insert(deliver.end(), tls.begin(), tls.end());
+    const auto delivered = run(deliver);
+    CHECK(delivered.status == 0);
+    CHECK(delivered.out.starts_with("2 TLS2 acknowledged"));
+    CHECK(received(l.stop().out) == 2);
 }
 
 TEST_CASE("outbox list, retry and purge: states, ids that are not dead letters, and times in both formats")
