@@ -18,5 +18,6 @@ struct command {
 command define_send(CLI::App& app);   ///< `hl7 send` (send.cpp)
 command define_listen(CLI::App& app); ///< `hl7 listen` (listen.cpp)
 command define_get(CLI::App& app);    ///< `hl7 get` (get.cpp)
+command define_outbox(CLI::App& app); ///< `hl7 outbox` (outbox.cpp)
 
 } // namespace hl7::tool

@@ -1,5 +1,6 @@
 // hl7: send, receive and inspect HL7 v2 messages over MLLP. The command line is read here;
-// each command defines its flags and runs in its own file (send.cpp, listen.cpp, get.cpp).
+// each command defines its flags and runs in its own file (send.cpp, listen.cpp, get.cpp,
+// outbox.cpp).
 #include "commands.hpp"
 #include "output.hpp"
 
@@ -24,12 +25,12 @@ int run(int argc, char** argv)
     app.set_version_flag("--version", std::string("hl7 ") + HL7_VERSION);
     app.require_subcommand(1);
     app.footer("Run 'hl7 COMMAND --help' for the options of a command.");
-    const command commands[] = {define_send(app), define_listen(app), define_get(app)};
+    const command commands[] = {define_send(app), define_listen(app), define_get(app), define_outbox(app)};
 
     if (const std::string first = argc > 1 ? argv[1] : "-";
         first[0] != '-' && std::none_of(std::begin(commands), std::end(commands),
                                         [&](const command& c) { return c.app->get_name() == first; }))
-        throw failure(exit_usage, "unknown command '" + first + "': use send, listen or get (see 'hl7 --help')");
+        throw failure(exit_usage, "unknown command '" + first + "': use send, listen, get or outbox (see 'hl7 --help')");
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -12,6 +12,7 @@
 #include "input.hpp"
 #include "output.hpp"
 #include "report.hpp"
+#include "send_outbox.hpp"
 
 #include <hl7/model/ack.hpp>
 #include <hl7/net/client.hpp>
@@ -104,6 +105,7 @@ private:
 
 struct send_options {
     client_flags client;
+    send_outbox_flags outbox;
     bool json = false;
     std::vector<std::string> files; ///< none or "-": standard input
 };
@@ -319,6 +321,8 @@ private:
 
 int run_send(const send_options& o)
 {
+    if (o.outbox.enabled())
+        return run_send_outbox(o.outbox, o.client, o.json, o.files);
     connection_options co = o.client.options();
     message_reader reader(o.files, o.client.max_frame); // checks the files before anything connects
     asio::io_context ctx(1);
@@ -347,6 +351,7 @@ command define_send(CLI::App& app)
                  "gives up (--retries failed attempts in a row), the messages left are reported as not sent.\n"
                  "Exit status: 0 when every message got AA or CA, 1 otherwise, 2 for a usage error.");
     o->client.define(*send);
+    o->outbox.define(*send);
     send->add_flag("--json", o->json,
                    "One JSON object per line instead: index, control_id, ack_code, ack_control_id, rtt_us, error");
     send->add_option("FILE", o->files,

@@ -1,5 +1,5 @@
 // A strict reader of the one-line JSON objects the hl7 tool prints: flat objects whose values
-// are strings, integers or null. Enough to check that each line is valid JSON of that shape.
+// are strings, integers, booleans or null. Enough to check that each line is valid JSON of that shape.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +14,7 @@ namespace hl7::test {
 struct json_null {
     friend bool operator==(json_null, json_null) { return true; }
 };
-using json_value = std::variant<json_null, std::string, std::int64_t>;
+using json_value = std::variant<json_null, std::string, std::int64_t, bool>;
 using json_object = std::map<std::string, json_value>;
 
 namespace detail {
@@ -72,6 +72,14 @@ private:
         if (s_.substr(pos_).starts_with("null")) {
             pos_ += 4;
             return json_null{};
+        }
+        if (s_.substr(pos_).starts_with("true")) {
+            pos_ += 4;
+            return true;
+        }
+        if (s_.substr(pos_).starts_with("false")) {
+            pos_ += 5;
+            return false;
         }
         if (pos_ < s_.size() && s_[pos_] == '"') {
             auto str = string();

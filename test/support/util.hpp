@@ -5,6 +5,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace hl7::test {
 
@@ -17,6 +18,15 @@ inline std::string read_sample(const std::string& name)
     std::ostringstream s;
     s << in.rdbuf();
     return s.str();
+}
+
+/// `prefix` followed by the decimal `n`, as in `label("MSG", 7)` == "MSG7". (Written out because
+/// GCC 12 warns falsely, -Wrestrict, about `"MSG" + std::to_string(n)` in release builds.)
+inline std::string label(std::string_view prefix, long long n)
+{
+    std::string s(prefix);
+    s += std::to_string(n);
+    return s;
 }
 
 /// Turns the newlines of a readable literal into the CR segment terminators of HL7.

@@ -1,0 +1,104 @@
+// Where an outbox keeps its messages: an asynchronous interface, so that a store may make
+// blocking calls on a thread of its own (SQLite, which commits everything pending at once)
+// or wait on a socket through the caller's executor (PostgreSQL through libpq's asynchronous
+// API and PQsocket). Every operation completes exactly once, through its handler's
+// associated executor (the store's executor when it has none), never inside the call.
+//
+// Leases: a lane is delivered only by the holder of its lease (owner, expiry, fencing token).
+// claim takes or renews it; the token grows at every takeover; record checks it before
+// writing anything, so a holder that lost its lease cannot write over the next one's work.
+// A store decides when a lease may be taken over: SQLite lets one process deliver from a
+// file at a time (begin_delivery locks the file for the process), so the previous holder is
+// known to be gone; a shared database takes over only expired leases, lanes being claimed
+// with FOR UPDATE SKIP LOCKED.
+#pragma once
+
+#include "core/lane_core.hpp"
+
+#include <hl7/outbox/outbox.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hl7::detail {
+
+/// A message to store.
+struct new_message {
+    std::string destination;
+    std::uint32_t lane = 0;
+    std::string control_id;
+    std::string bytes;
+    outbox_clock::time_point at{};
+};
+
+struct lane_key {
+    std::string destination;
+    std::uint32_t lane = 0;
+    friend auto operator<=>(const lane_key&, const lane_key&) = default;
+};
+
+struct lease {
+    lane_key lane;
+    std::string owner;
+    std::uint64_t token = 0;
+    outbox_clock::time_point expires{};
+};
+
+/// Which records select returns: those matching every member set, ordered by id (or, with
+/// after_outcome, by outcome number), at most `limit`.
+struct record_query {
+    std::optional<std::int64_t> id = {};
+    std::string destination = {}; ///< empty: any
+    std::optional<std::string> control_id = {};
+    std::optional<std::uint32_t> lane = {};
+    std::vector<outbox_state> states = {}; ///< empty: any
+    std::int64_t after_id = 0;
+    std::optional<std::uint64_t> after_outcome = {};
+    std::size_t limit = 1000;
+};
+
+class store {
+public:
+    using error_code = boost::system::error_code;
+    template <class Signature>
+    using handler = boost::asio::any_completion_handler<Signature>;
+
+    virtual ~store() = default;
+
+    /// Stores a new message, or finds it already stored (same destination, MSH-10 and bytes:
+    /// `duplicate`); outbox_errc::control_id_conflict when the bytes differ.
+    virtual void enqueue(new_message m, handler<void(error_code, enqueue_result)> h) = 0;
+    virtual void select(record_query q, handler<void(error_code, std::vector<outbox_record>)> h) = 0;
+    /// The number of the last outcome recorded (0: none).
+    virtual void latest_outcome(handler<void(error_code, std::uint64_t)> h) = 0;
+    /// The lanes messages were ever stored in for `destination`.
+    virtual void lanes(std::string destination, handler<void(error_code, std::vector<std::uint32_t>)> h) = 0;
+    /// Before any claim: outbox_errc::delivery_locked when this store allows one delivering
+    /// process and another one is. Counted: each call is matched by end_delivery.
+    virtual void begin_delivery(handler<void(error_code)> h) = 0;
+    virtual void end_delivery(handler<void(error_code)> h) = 0;
+    /// Takes (or, for its owner, renews) the lease of `lane` until now + ttl.
+    virtual void claim(lane_key lane, std::string owner, outbox_clock::duration ttl, outbox_clock::time_point now,
+                       handler<void(error_code, lease)> h) = 0;
+    /// Gives the lease up, if it is still this one.
+    virtual void release(lease l, handler<void(error_code)> h) = 0;
+    /// Applies `changes` in one transaction, in order, if `l` is still the lane's lease
+    /// (outbox_errc::lease_lost otherwise, and nothing is written). A finished change takes
+    /// the next outcome number.
+    virtual void record(lease l, std::vector<lane_change> changes, handler<void(error_code)> h) = 0;
+    /// Queues dead letters again: those among `ids`, or all with `all_dead`. Gives how many.
+    virtual void retry(std::vector<std::int64_t> ids, bool all_dead, outbox_clock::time_point now,
+                       handler<void(error_code, std::uint64_t)> h) = 0;
+    /// Deletes final messages that became final before `before`. Gives how many.
+    virtual void purge(outbox_clock::time_point before, handler<void(error_code, std::uint64_t)> h) = 0;
+    virtual void status(handler<void(error_code, std::vector<outbox_lane_status>)> h) = 0;
+    /// Finishes what it was given, then closes; later operations fail with outbox_errc::closed.
+    virtual void close(handler<void()> h) = 0;
+};
+
+} // namespace hl7::detail
