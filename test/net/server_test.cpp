@@ -263,7 +263,7 @@ TEST_CASE("a custom coroutine handler makes the reply")
 {
     on_one_and_two_threads([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        auto server = start(ex, {.handler = [](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
                                      // Suspends for real before answering.
                                      auto executor = co_await asio::this_coro::executor;
                                      co_await asio::post(executor, asio::use_awaitable);
@@ -304,7 +304,7 @@ TEST_CASE("connections are served concurrently: one waiting in its handler does 
         auto ex = co_await asio::this_coro::executor;
         event waiting(ex);
         event go(ex);
-        auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
                                      if (m.get("MSH.10") == "WAIT") {
                                          waiting.set();
                                          co_await go.wait();
@@ -449,7 +449,7 @@ TEST_CASE("a handler that throws is answered with AE 207 and reported, and the c
         recorder events;
         auto ex = co_await asio::this_coro::executor;
         auto server = start(ex,
-                            {.handler = [](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+                            {.handler = [](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
                                  if (m.get("MSH.10") == "THROW")
                                      throw std::runtime_error("database down");
                                  co_return hl7::make_ack(m, hl7::verdict::accept);
@@ -461,13 +461,17 @@ TEST_CASE("a handler that throws is answered with AE 207 and reported, and the c
         CHECK(ae.get("MSA.1") == "AE");
         CHECK(ae.get("MSA.2") == "THROW");
         CHECK(ae.get("ERR.3.1") == "207");
-        CHECK(ae.get("ERR.8") == "database down");
+        // The peer is not told the server's internals; the observer is.
+        CHECK(ae.get("ERR.8").value().decoded() ==
+              "the message could not be processed; the receiver's log has the details");
+        CHECK_FALSE(ae.get("MSA.3").value().present());
         co_await client.send(adt("FINE"));
         CHECK((co_await client.read_reply()).get("MSA.1") == "AA");
 
         const auto failed = events.of(kind::handler_error);
         REQUIRE(failed.size() == 1);
         CHECK(failed[0].control_id == "THROW");
+        CHECK(failed[0].error == hl7::errc::handler_failed);
         CHECK(failed[0].detail == "database down");
         const auto c = co_await final_counters(server);
         CHECK(c.received == 2);
@@ -577,7 +581,7 @@ TEST_CASE("async_close lets a running handler finish and deliver its reply befor
         auto ex = co_await asio::this_coro::executor;
         recorder events;
         event started(ex);
-        auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
                                      started.set();
                                      co_await hl7::test::sleep_for(200ms);
                                      co_return hl7::make_ack(m, hl7::verdict::accept);
@@ -611,7 +615,7 @@ TEST_CASE("async_close closes a connection whose peer does not read its reply on
         // for a peer that never reads.
         const std::string big = hl7::test::cr("MSH|^~\\&|A|B|C|D|20240101||ACK^A01^ACK|BIG|P|2.5.1\nNTE|1||") +
                                 std::string(16 << 20, 'x') + "\r";
-        auto server = start(ex, {.handler = [&](const message&) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message&, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
                                      co_return message::parse(std::string_view(big)).value();
                                  },
                                  .observer = events.observer(),
@@ -747,7 +751,7 @@ TEST_CASE("stopping and destroying a server while a handler is running leaves no
         event started(ex);
         std::optional<raw_client> idle;
         {
-            auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+            auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
                                          started.set();
                                          co_await hl7::test::sleep_for(1h);
                                          co_return hl7::make_ack(m, hl7::verdict::accept);
