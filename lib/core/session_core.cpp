@@ -564,7 +564,12 @@ void session_core::close(boost::system::error_code why, time_point now, std::str
         return;
     phase_ = phase::closed;
     actions_.push_back(action::close(why));
-    decoder_ = mllp::decoder(config_.max_frame); // its buffer goes now; what is in hand goes when done with
+    {
+        // Its buffer goes now (a move-assignment could keep the old capacity); what is in
+        // hand goes when done with.
+        mllp::decoder fresh(config_.max_frame);
+        std::swap(decoder_, fresh);
+    }
     account(now);
     if (armed_ != time_point::max()) {
         armed_ = time_point::max();
