@@ -2,7 +2,7 @@
 # other scripts; uses sudo when not run as root.
 hl7_install_deps() {
     local wanted=(g++ clang libclang-rt-14-dev meson ninja-build pkg-config python3
-                  libboost1.81-dev doctest-dev libbenchmark-dev libcli11-dev libssl-dev "$@")
+                  libboost1.81-dev doctest-dev libbenchmark-dev libcli11-dev libssl-dev libpq-dev postgresql "$@")
     local missing=() pkg
     for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
