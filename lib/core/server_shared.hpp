@@ -78,7 +78,10 @@ private:
 
 /// All of the above, for one server.
 struct server_shared {
-    explicit server_shared(std::size_t max_buffered) noexcept : budget(max_buffered) {}
+    explicit server_shared(std::size_t max_buffered, std::uint32_t event_burst = event_limiter::default_burst) noexcept
+        : budget(max_buffered), limiter(event_burst)
+    {
+    }
 
     server_stats stats;
     byte_budget budget;
