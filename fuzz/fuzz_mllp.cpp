@@ -95,7 +95,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             hl7::mllp::decoder again(max_frame);
             again.feed(framed);
             auto frame = again.next();
-            check(frame.has_value() && frame.value() == *payload);
+            check(frame.has_value() && frame->has_value() && frame->value() == *payload);
         }
     }
     return 0;

@@ -154,6 +154,23 @@ std::string readable(const message& m)
     return text + '\n';
 }
 
+// What a log line calls several events of kind `k`.
+std::string plural(server_event::kind k)
+{
+    using kind = server_event::kind;
+    switch (k) {
+    case kind::bad_frame: return "bad frames";
+    case kind::unparsable: return "unparsable messages";
+    case kind::handler_error: return "handler errors";
+    case kind::handshake_failed: return "failed handshakes";
+    case kind::refused: return "refused connections";
+    case kind::limit_reached: return "limits reached";
+    case kind::timed_out: return "timeouts";
+    case kind::ack_ignored: return "acknowledgements not acknowledged";
+    default: return "events";
+    }
+}
+
 // What the server's handler and observer share, across the I/O threads.
 class listener {
 public:
@@ -214,6 +231,10 @@ public:
         case kind::accept_failed:
         case kind::handler_error: break;
         default: return;
+        }
+        if (e.peer == asio::ip::tcp::endpoint()) { // a count of reports left out
+            warn(std::to_string(e.suppressed) + " more " + plural(e.what) + " not shown");
+            return;
         }
         if (e.what == kind::ack_ignored)
             line = "an acknowledgement, not acknowledged";

@@ -117,4 +117,14 @@ std::optional<std::uint64_t> event_limiter::admit(server_event::kind k, clock::t
     return std::exchange(b.suppressed, 0);
 }
 
+std::vector<std::pair<server_event::kind, std::uint64_t>> event_limiter::take_suppressed()
+{
+    std::vector<std::pair<server_event::kind, std::uint64_t>> out;
+    std::lock_guard lock(mutex_);
+    for (std::size_t k = 0; k < buckets_.size(); ++k)
+        if (const std::uint64_t n = std::exchange(buckets_[k].suppressed, 0))
+            out.emplace_back(static_cast<server_event::kind>(k), n);
+    return out;
+}
+
 } // namespace hl7::detail

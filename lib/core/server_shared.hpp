@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <utility>
+#include <vector>
 
 namespace hl7::detail {
 
@@ -61,6 +63,10 @@ public:
     /// Whether an event of kind `k` happening at `now` is reported: the number of events of
     /// that kind left out since the last one reported, or nullopt when this one is left out.
     std::optional<std::uint64_t> admit(server_event::kind k, clock::time_point now);
+
+    /// The kinds with events left out since they were last reported, and how many of each;
+    /// their counts start again from zero.
+    std::vector<std::pair<server_event::kind, std::uint64_t>> take_suppressed();
 
 private:
     struct bucket {

@@ -36,7 +36,7 @@ class server_connection;
 
 struct server::impl : std::enable_shared_from_this<server::impl> {
     impl(executor_type e, server_options o, std::shared_ptr<asio::ssl::context> t, std::vector<detail::network> allowed)
-        : ex(std::move(e)), strand(asio::make_strand(ex)), acceptor(strand), accept_pause(strand),
+        : ex(std::move(e)), strand(asio::make_strand(ex)), acceptor(strand), accept_pause(strand), report_timer(strand),
           options(std::move(o)), config(detail::session_config::from(options)), tls(std::move(t)),
           shared(options.max_buffered),
           admission({options.max_connections, options.max_per_source, tls ? options.max_handshakes : 0},
@@ -52,11 +52,13 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     void stop(asio::any_completion_handler<void()> handler);
     void finish_if_stopped();
     void report(server_event e) noexcept;
+    void report_suppressed();
 
     const executor_type ex;
     const asio::strand<executor_type> strand; // the acceptor's
     tcp::acceptor acceptor;
     asio::steady_timer accept_pause;
+    asio::steady_timer report_timer; // reports the counts of events left out, once a second
     tcp::endpoint endpoint;
     const server_options options;
     const detail::session_config config;
@@ -334,6 +336,26 @@ void server::impl::report(server_event e) noexcept
     }
 }
 
+// Counts of events left out that no later event of their kind reported.
+void server::impl::report_suppressed()
+{
+    if (!options.observer)
+        return;
+    for (const auto& [what, count] : shared.limiter.take_suppressed()) {
+        try {
+            options.observer({.what = what, .suppressed = count});
+        } catch (...) {
+        }
+    }
+    if (stopping)
+        return;
+    report_timer.expires_after(detail::event_limiter::default_interval);
+    report_timer.async_wait([self = shared_from_this()](error_code ec) {
+        if (!ec)
+            self->report_suppressed();
+    });
+}
+
 void server::impl::accept()
 {
     if (stopping || accepting || pausing || !admission.may_accept())
@@ -421,6 +443,7 @@ void server::impl::stop(asio::any_completion_handler<void()> handler)
         error_code ignored;
         acceptor.close(ignored);
         accept_pause.cancel();
+        report_timer.cancel();
         for (const auto& c : connections)
             asio::post(c->strand, [c] { c->stop(); });
     }
@@ -431,6 +454,7 @@ void server::impl::finish_if_stopped()
 {
     if (!stopping || accepting || !connections.empty())
         return;
+    report_suppressed(); // the last counts, now that no connection can add to them
     for (auto& h : std::exchange(waiting, {}))
         asio::post(ex, std::move(h));
 }
@@ -484,7 +508,10 @@ outcome::result<server> server::create(executor_type ex, server_options options)
     if (ec)
         return ec;
 
-    asio::dispatch(i->strand, [i] { i->accept(); });
+    asio::dispatch(i->strand, [i] {
+        i->accept();
+        i->report_suppressed();
+    });
     return server{std::move(i)};
 }
 

@@ -3,6 +3,7 @@
 #include <hl7/net/server.hpp>
 
 #include "support/async_util.hpp"
+#include "support/server_peers.hpp"
 #include "support/util.hpp"
 
 #include <doctest/doctest.h>
@@ -32,6 +33,10 @@ using asio::ip::tcp;
 using boost::system::error_code;
 using hl7::message;
 using kind = hl7::server_event::kind;
+using hl7::test::event;
+using hl7::test::raw_client;
+using hl7::test::recorded;
+using hl7::test::recorder;
 using namespace std::chrono_literals;
 
 namespace {
@@ -62,145 +67,6 @@ hl7::server start(asio::any_io_executor ex, hl7::server_options options = {})
         FAIL("server::create failed: " << s.error().message());
     return std::move(s).value();
 }
-
-// A client that writes raw bytes and reads frames.
-class raw_client {
-public:
-    static asio::awaitable<raw_client> connect(tcp::endpoint to)
-    {
-        tcp::socket socket(co_await asio::this_coro::executor);
-        co_await socket.async_connect(to, asio::use_awaitable);
-        co_return raw_client(std::move(socket));
-    }
-
-    asio::awaitable<void> write(std::string_view bytes)
-    {
-        co_await asio::async_write(socket_, asio::buffer(bytes), asio::use_awaitable);
-    }
-
-    asio::awaitable<void> send(std::string_view payload)
-    {
-        const std::string frame = framed(payload); // named: see peer.hpp on GCC 12 and temporaries
-        co_await write(frame);
-    }
-
-    // The next frame's payload; fails the test if the connection ends first.
-    asio::awaitable<std::string> read_frame()
-    {
-        while (frames_.empty()) {
-            const error_code ec = co_await read_more();
-            REQUIRE_MESSAGE(!ec, "the connection ended before a frame arrived: " << ec.message());
-        }
-        std::string f = std::move(frames_.front());
-        frames_.pop_front();
-        co_return f;
-    }
-
-    asio::awaitable<message> read_reply()
-    {
-        auto m = message::parse(co_await read_frame());
-        REQUIRE(m.has_value());
-        co_return std::move(m).value();
-    }
-
-    // Reads until the server ends the connection and returns how it ended (eof for a close);
-    // fails the test if a frame arrives instead.
-    asio::awaitable<error_code> read_end()
-    {
-        for (;;) {
-            const error_code ec = co_await read_more();
-            REQUIRE(frames_.empty());
-            if (ec)
-                co_return ec;
-        }
-    }
-
-    tcp::endpoint local_endpoint() const { return socket_.local_endpoint(); }
-
-private:
-    explicit raw_client(tcp::socket socket)
-        : socket_(std::move(socket))
-    {
-    }
-
-    asio::awaitable<error_code> read_more()
-    {
-        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer_), asio::as_tuple(asio::use_awaitable));
-        if (ec)
-            co_return ec;
-        decoder_.feed({buffer_.data(), n});
-        while (auto f = decoder_.next()) {
-            REQUIRE_MESSAGE(f->has_value(), "bad frame from the server: " << f->error().message());
-            frames_.emplace_back(f->value());
-        }
-        co_return error_code{};
-    }
-
-    tcp::socket socket_;
-    hl7::mllp::decoder decoder_;
-    std::array<char, 4096> buffer_;
-    std::deque<std::string> frames_;
-};
-
-struct recorded {
-    kind what;
-    tcp::endpoint peer;
-    std::string control_id;
-    error_code error;
-    std::string detail;
-};
-
-// Keeps what the server reports; safe to use from any thread.
-class recorder {
-public:
-    std::function<void(const hl7::server_event&)> observer()
-    {
-        return [this](const hl7::server_event& e) {
-            std::lock_guard lock(mutex_);
-            events_.push_back({e.what, e.peer, std::string(e.control_id), e.error, std::string(e.detail)});
-        };
-    }
-
-    std::vector<recorded> of(kind what)
-    {
-        std::lock_guard lock(mutex_);
-        std::vector<recorded> out;
-        for (const auto& e : events_)
-            if (e.what == what)
-                out.push_back(e);
-        return out;
-    }
-
-private:
-    std::mutex mutex_;
-    std::vector<recorded> events_;
-};
-
-// A one-shot event between coroutines of a single-threaded io_context: a timer that never
-// expires, cancelled to wake whoever waits.
-class event {
-public:
-    explicit event(asio::any_io_executor ex)
-        : timer_(std::move(ex), asio::steady_timer::time_point::max())
-    {
-    }
-
-    void set()
-    {
-        set_ = true;
-        timer_.cancel();
-    }
-
-    asio::awaitable<void> wait()
-    {
-        if (!set_)
-            co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-    }
-
-private:
-    asio::steady_timer timer_;
-    bool set_ = false;
-};
 
 // Stops the server and returns its counters, which are final once the stop has completed.
 asio::awaitable<hl7::server_counters> final_counters(hl7::server& s)

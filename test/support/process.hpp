@@ -146,6 +146,13 @@ public:
         return out_;
     }
 
+    /// Standard error so far.
+    std::string err() const
+    {
+        std::lock_guard lock(mutex_);
+        return err_;
+    }
+
     void signal(int sig) { ::kill(pid_, sig); }
 
     /// Closes standard input, waits for the child to end and for its output; kills it when

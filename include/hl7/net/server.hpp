@@ -81,8 +81,10 @@ using server_handler =
 ///
 /// The kinds marked "rate-limited" are reported at most 10 times in a row and then once a
 /// second per kind, over the whole server: the ones in between are counted, and the next one
-/// reported says how many were left out (`suppressed`). A flood of bad input thus makes a few
-/// lines of log, not one per frame; the counters (server::counters()) still count every one.
+/// reported says how many were left out (`suppressed`). When none comes within the second,
+/// the count is reported on its own: an event of the kind with `suppressed` set and nothing
+/// else (no peer). A flood of bad input thus makes a few lines of log, not one per frame; the
+/// counters (server::counters()) still count every one.
 struct server_event {
     enum class kind {
         accepted,      ///< a connection was accepted from `peer`
@@ -121,7 +123,7 @@ struct server_event {
     std::string_view control_id = {};
     boost::system::error_code error = {};
     std::string_view detail = {};
-    /// For the rate-limited kinds: events of this kind left out since the previous one reported.
+    /// For the rate-limited kinds: events of this kind left out since the previous report.
     std::uint64_t suppressed = 0;
 };
 
