@@ -2,10 +2,13 @@
 
 #include "output.hpp"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +27,13 @@ bool starts_with_any(std::string_view line, std::initializer_list<std::string_vi
 std::string too_large(std::size_t max_size)
 {
     return "message larger than the maximum of " + std::to_string(max_size) + " bytes (--max-frame)";
+}
+
+// The first `c` in [p, e), or e.
+const char* find(const char* p, const char* e, char c) noexcept
+{
+    const void* hit = std::memchr(p, c, static_cast<std::size_t>(e - p));
+    return hit ? static_cast<const char*>(hit) : e;
 }
 
 std::string system_error_text(int error)
@@ -100,25 +110,34 @@ std::optional<input_message> message_splitter::next()
     return m;
 }
 
+// Line ends are found with one memchr pass per kind (CR, LF) over the bytes, each resumed
+// after the line end it found: string_view's find_first_of would call memchr over its set
+// once for every byte it passes.
 void message_splitter::feed_text(std::string_view bytes)
 {
-    while (!bytes.empty()) {
-        const std::size_t end = bytes.find_first_of("\r\n");
-        const std::string_view piece = bytes.substr(0, end);
-        if (!piece.empty()) {
-            add_to_line(piece);
+    const char* p = bytes.data();
+    const char* const e = p + bytes.size();
+    const char* next_cr = find(p, e, '\r');
+    const char* next_lf = find(p, e, '\n');
+    while (p < e) {
+        const char* end = std::min(next_cr, next_lf);
+        if (end > p) {
+            add_to_line({p, static_cast<std::size_t>(end - p)});
             after_cr_ = false;
         }
-        if (end == std::string_view::npos)
+        if (end == e)
             return;
-        const char terminator = bytes[end];
-        if (terminator == '\n' && after_cr_)
+        if (*end == '\n' && after_cr_)
             after_cr_ = false; // the LF of a CRLF
         else {
             end_line();
-            after_cr_ = terminator == '\r';
+            after_cr_ = *end == '\r';
         }
-        bytes.remove_prefix(end + 1);
+        p = end + 1;
+        if (next_cr < p)
+            next_cr = find(p, e, '\r');
+        if (next_lf < p)
+            next_lf = find(p, e, '\n');
     }
 }
 
@@ -209,15 +228,42 @@ std::optional<input_message> message_reader::next()
         }
         if (fd_ < 0 && !open_next())
             return std::nullopt;
-        const ssize_t n = ::read(fd_, chunk_.data(), chunk_.size());
-        if (n > 0) {
-            splitter_->feed({chunk_.data(), static_cast<std::size_t>(n)});
-        } else if (n == 0) {
-            splitter_->finish();
-            close_current();
-        } else if (errno != EINTR) {
-            throw failure(exit_failed, "cannot read '" + name_ + "': " + system_error_text(errno));
+        read_chunk();
+    }
+}
+
+std::optional<input_message> message_reader::poll(bool& finished)
+{
+    finished = false;
+    for (;;) {
+        if (splitter_) {
+            if (auto m = splitter_->next())
+                return m;
         }
+        if (fd_ < 0 && !open_next()) {
+            finished = true;
+            return std::nullopt;
+        }
+        if (!regular_) {
+            pollfd p{fd_, POLLIN, 0};
+            const int ready = ::poll(&p, 1, 0);
+            if (ready == 0 || (ready < 0 && errno == EINTR))
+                return std::nullopt;
+        }
+        read_chunk();
+    }
+}
+
+void message_reader::read_chunk()
+{
+    const ssize_t n = ::read(fd_, chunk_.data(), chunk_.size());
+    if (n > 0) {
+        splitter_->feed({chunk_.data(), static_cast<std::size_t>(n)});
+    } else if (n == 0) {
+        splitter_->finish();
+        close_current();
+    } else if (errno != EINTR) {
+        throw failure(exit_failed, "cannot read '" + name_ + "': " + system_error_text(errno));
     }
 }
 
@@ -236,6 +282,8 @@ bool message_reader::open_next()
             throw failure(exit_failed, "cannot open '" + name_ + "': " + system_error_text(errno));
         owns_fd_ = true;
     }
+    struct stat st{};
+    regular_ = ::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode);
     splitter_.emplace(max_size_);
     return true;
 }

@@ -69,7 +69,8 @@ private:
 
 /// Reads the messages of files one after the other ("-" or no file at all: standard input).
 /// Reads with read(2), so a message from a pipe is handed out as soon as the blank line or
-/// the next MSH that ends it has arrived.
+/// the next MSH that ends it has arrived. Either blocking (next) or without ever blocking on a
+/// pipe or a terminal (poll, for a caller that waits for the descriptor itself).
 class message_reader {
 public:
     /// Checks that every file can be opened; throws failure (usage) naming one that cannot.
@@ -82,8 +83,18 @@ public:
     /// file cannot be read.
     std::optional<input_message> next();
 
+    /// The next message if it can be had without waiting. Otherwise nullopt, and `finished`
+    /// tells the end of the input from an input that has nothing yet: then wait until fd() is
+    /// readable and call again. Regular files never make it wait. Throws as next() does.
+    std::optional<input_message> poll(bool& finished);
+
+    /// The descriptor being read (valid after poll() returned nullopt without finishing).
+    int fd() const noexcept { return fd_; }
+
 private:
     bool open_next();
+    // Reads one chunk into the splitter, or ends the current file.
+    void read_chunk();
 
     void close_current() noexcept;
 
@@ -93,6 +104,7 @@ private:
     std::vector<char> chunk_;
     int fd_ = -1; // the file being read; -1 between files
     bool owns_fd_ = false;
+    bool regular_ = false; // a regular file: reading it never waits for long
     std::string name_;
     std::optional<message_splitter> splitter_;
 };

@@ -1,7 +1,12 @@
-// hl7 send: reads messages as a stream and sends them over one connection, one at a time:
-// send, wait for the ACK, print its line, read the next. The connection runs on an
-// io_context in a thread of its own, so that reading the input (which may block on a pipe)
-// never holds it up.
+// hl7 send: reads messages as a stream and sends them over one connection, in input order,
+// and prints one line per message, in input order.
+//
+// Everything runs on one thread, the io_context's: reading the input, the connection and the
+// output. A pipe or a terminal on standard input is waited on by the io_context, so that the
+// connection keeps running while the input is idle; a regular file is read as needed. One
+// message is queued behind the one awaiting its acknowledgement, so that the next goes out as
+// soon as an ACK arrives. Output lines are gathered and written in blocks: within 20 ms, and
+// before the program waits for its input, and at the end (a line at a time on a terminal).
 #include "client_flags.hpp"
 #include "commands.hpp"
 #include "input.hpp"
@@ -12,16 +17,16 @@
 #include <hl7/net/client.hpp>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/use_future.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
 
-#include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
-#include <future>
-#include <mutex>
+#include <deque>
+#include <memory>
 #include <optional>
 
+#include <unistd.h>
 
 namespace hl7::tool {
 
@@ -29,100 +34,73 @@ namespace {
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
-using steady = std::chrono::steady_clock;
 
-// What the connection's observer saw that the results need. Written on the connection's
-// strand, read by the main thread.
-class link_watch {
-public:
+// What the connection's observer saw that the results need: why the link dropped or why the
+// attempts failed. Everything runs on one thread, so no locking.
+struct link_watch {
+    bool connected = false;
+    boost::system::error_code failure; // why the last connection attempt failed
+    std::uint32_t attempts = 0;        // failed attempts in a row
+    boost::system::error_code dropped; // why the link dropped last
+
     void on(const connection_event& e)
     {
-        std::lock_guard lock(mutex_);
         switch (e.what) {
-        case connection_event::kind::connected: connected_ = true; break;
-        case connection_event::kind::disconnected: dropped_ = e.error; break;
+        case connection_event::kind::connected: connected = true; break;
+        case connection_event::kind::disconnected: dropped = e.error; break;
         case connection_event::kind::reconnect_scheduled:
         case connection_event::kind::gave_up:
             if (e.error)
-                failure_ = e.error;
-            attempts_ = e.attempt;
+                failure = e.error;
+            attempts = e.attempt;
             break;
         default: break;
         }
     }
-
-    bool ever_connected() const
-    {
-        std::lock_guard lock(mutex_);
-        return connected_;
-    }
-
-    // Why the last connection attempt failed, and how many failed in a row.
-    std::pair<boost::system::error_code, std::uint32_t> last_failure() const
-    {
-        std::lock_guard lock(mutex_);
-        return {failure_, attempts_};
-    }
-
-    // Why the link dropped last (a TLS alert names what the handshake could not).
-    boost::system::error_code last_drop() const
-    {
-        std::lock_guard lock(mutex_);
-        return dropped_;
-    }
-
-private:
-    mutable std::mutex mutex_;
-    bool connected_ = false;
-    boost::system::error_code failure_;
-    boost::system::error_code dropped_;
-    std::uint32_t attempts_ = 0;
 };
 
-// Sends one message over `conn` and waits for its outcome; `waiting` is called about ten
-// times a second meanwhile.
-// `fatal` is set when the connection gave up without ever connecting: sending more is pointless.
-template <class Waiting>
-result send_one(connection& conn, message msg, const link_watch& watch, const std::string& peer,
-                std::optional<std::string>& fatal, Waiting waiting)
-{
-    result r;
-    if (!msg.control_id().empty())
-        r.control_id = std::string(msg.control_id());
-    if (conn.state() == connection_state::failed)
-        conn.start(); // it gave up on an earlier message; this one gets a new round of attempts
-    std::promise<std::pair<boost::system::error_code, hl7::ack>> done;
-    auto pending = done.get_future();
-    conn.async_send(std::move(msg), [done = std::move(done)](boost::system::error_code ec, hl7::ack ack) mutable {
-        done.set_value({ec, std::move(ack)});
-    });
-    while (pending.wait_for(100ms) != std::future_status::ready)
-        waiting();
-    auto [ec, ack] = pending.get();
+// Standard output, written in blocks. Flushed within `delay` of the first line not yet
+// written, when asked to, and when a block is full; on a terminal at once.
+class line_output {
+public:
+    explicit line_output(asio::any_io_executor ex) : timer_(ex), terminal_(::isatty(STDOUT_FILENO) == 1) {}
 
-    if (ec == errc::not_connected) {
-        const auto [why, attempts] = watch.last_failure();
-        const std::string what = describe(why ? why : ec) + " (" + peer + ")";
-        r.error = "gave up after " + std::to_string(attempts) + " connection attempt" + (attempts == 1 ? "" : "s") +
-                  ": " + what;
-        if (!watch.ever_connected())
-            fatal = what;
-    } else if (ec == errc::connection_lost && watch.last_drop()) {
-        r.error = describe(ec) + ": " + describe(watch.last_drop());
-    } else if (ec) {
-        r.error = describe(ec);
-    } else {
-        r.ack_code = std::string(to_string(ack.code()));
-        r.ack_control_id = std::string(ack.control_id());
-        r.round_trip = ack.round_trip();
-        r.accepted = ack.accepted();
-        if (!r.accepted) {
-            const std::string why = ack.explanation();
-            r.error = describe(ack.error()) + (why.empty() ? "" : ": " + why);
+    void add(const std::string& line)
+    {
+        pending_ += line;
+        if (terminal_ || pending_.size() >= block)
+            flush();
+        else if (!armed_) {
+            armed_ = true;
+            timer_.expires_after(delay);
+            timer_.async_wait([this](boost::system::error_code ec) {
+                armed_ = false;
+                if (!ec)
+                    flush();
+            });
         }
     }
-    return r;
-}
+
+    void flush()
+    {
+        if (pending_.empty())
+            return;
+        write_stdout(pending_);
+        pending_.clear();
+    }
+
+    // The terminal shows a progress line, which must not be drawn over pending lines.
+    bool terminal() const noexcept { return terminal_; }
+
+private:
+    static constexpr std::size_t block = 64 * 1024;
+    static constexpr auto delay = 20ms;
+
+    asio::steady_timer timer_;
+    const bool terminal_;
+    bool armed_ = false;
+    std::string pending_;
+};
 
 struct send_options {
     client_flags client;
@@ -130,12 +108,220 @@ struct send_options {
     std::vector<std::string> files; ///< none or "-": standard input
 };
 
+// The send loop: as many messages outstanding as the window allows, results printed in order.
+class sender {
+public:
+    sender(asio::io_context& ctx, const send_options& o, message_reader& reader, connection conn,
+           std::shared_ptr<link_watch> watch)
+        : ctx_(ctx), options_(o), reader_(reader), conn_(std::move(conn)), watch_(std::move(watch)),
+          input_wait_(ctx), ticker_(ctx), out_(ctx.get_executor())
+    {
+    }
+    sender(const sender&) = delete;
+    sender& operator=(const sender&) = delete;
+    ~sender()
+    {
+        if (input_wait_.is_open())
+            (void)input_wait_.release(); // the reader owns the descriptor
+    }
+
+    int run()
+    {
+        asio::post(ctx_, [this] { pump(); });
+        if (bar_enabled())
+            tick();
+        ctx_.run();
+        bar_.finish();
+        if (given_up_)
+            std::fprintf(stderr, "hl7: %s\n", given_up_->c_str());
+        if (index_ == 0)
+            std::fputs("hl7: no messages in the input\n", stderr);
+        return failed_ == 0 ? exit_ok : exit_failed;
+    }
+
+private:
+    struct slot {
+        result r;
+        bool done = false;
+    };
+
+    // Starts what can be started, prints what is finished, and finishes when all is done.
+    void pump()
+    {
+        while (outstanding_ < window && !input_done_ && !waiting_input_) {
+            bool finished = false;
+            std::optional<input_message> item = reader_.poll(finished);
+            if (!item) {
+                if (finished)
+                    input_done_ = true;
+                else
+                    wait_for_input();
+                break;
+            }
+            start(std::move(*item));
+        }
+        print_ready();
+        if (input_done_ && slots_.empty())
+            finish();
+    }
+
+    void start(input_message item)
+    {
+        slots_.emplace_back();
+        slot& s = slots_.back();
+        s.r.index = ++index_;
+        if (!item.error.empty()) {
+            s.r.error = item.error;
+            s.done = true;
+            return;
+        }
+        auto msg = message::parse(std::move(item.text));
+        if (!msg) {
+            s.r.error = "input message does not parse: " + describe(msg.error());
+            s.done = true;
+            return;
+        }
+        if (!msg.value().control_id().empty())
+            s.r.control_id = std::string(msg.value().control_id());
+        if (given_up_) { // the connection gave up: what is left is reported, not sent
+            s.r.error = not_sent();
+            s.done = true;
+            return;
+        }
+        ++outstanding_;
+        const std::size_t index = s.r.index;
+        conn_.async_send(std::move(msg).value(), [this, index](boost::system::error_code ec, hl7::ack ack) {
+            --outstanding_;
+            complete(find(index), ec, std::move(ack));
+            pump();
+        });
+    }
+
+    slot& find(std::size_t index)
+    {
+        return slots_[index - slots_.front().r.index];
+    }
+
+    void complete(slot& s, boost::system::error_code ec, const hl7::ack& ack)
+    {
+        s.done = true;
+        result& r = s.r;
+        if (ec == errc::not_connected) {
+            if (!given_up_) {
+                const std::string why = describe(watch_->failure ? watch_->failure : ec) + " (" + options_.client.peer() + ")";
+                given_up_ = watch_->connected ? "gave up after " + std::to_string(watch_->attempts) +
+                                                    " connection attempt" + (watch_->attempts == 1 ? "" : "s") +
+                                                    ": " + why
+                                              : why;
+                reason_ = "gave up after " + std::to_string(watch_->attempts) + " connection attempt" +
+                          (watch_->attempts == 1 ? "" : "s") + ": " + why;
+            }
+            r.error = not_sent();
+        } else if (ec == errc::connection_lost && watch_->dropped) {
+            r.error = describe(ec) + ": " + describe(watch_->dropped);
+        } else if (ec) {
+            r.error = describe(ec);
+        } else {
+            r.ack_code = std::string(to_string(ack.code()));
+            r.ack_control_id = std::string(ack.control_id());
+            r.round_trip = ack.round_trip();
+            r.accepted = ack.accepted();
+            if (!r.accepted) {
+                const std::string why = ack.explanation();
+                r.error = describe(ack.error()) + (why.empty() ? "" : ": " + why);
+            }
+        }
+    }
+
+    std::string not_sent() const { return "not sent: " + reason_; }
+
+    void print_ready()
+    {
+        while (!slots_.empty() && slots_.front().done) {
+            const result& r = slots_.front().r;
+            ++(r.accepted ? accepted_ : failed_);
+            const std::string line = options_.json ? json_line(r) : text_line(r);
+            slots_.pop_front();
+            if (bar_enabled()) {
+                bar_.print(line);
+                bar_.tick(index_ - slots_.size(), accepted_, failed_);
+            } else {
+                out_.add(line);
+            }
+        }
+    }
+
+    // A pipe or a terminal with nothing to read yet: wait for it, with the output flushed so
+    // that a reader of the results sees them while the input is idle.
+    void wait_for_input()
+    {
+        out_.flush();
+        waiting_input_ = true;
+        if (!input_wait_.is_open() || watched_fd_ != reader_.fd()) {
+            if (input_wait_.is_open())
+                (void)input_wait_.release(); // the reader owns the descriptor
+            watched_fd_ = reader_.fd();
+            input_wait_.assign(watched_fd_);
+        }
+        input_wait_.async_wait(asio::posix::descriptor_base::wait_read, [this](boost::system::error_code) {
+            waiting_input_ = false;
+            pump();
+        });
+    }
+
+    void finish()
+    {
+        if (finished_)
+            return;
+        finished_ = true;
+        out_.flush();
+        ticker_.cancel();
+        if (input_wait_.is_open())
+            (void)input_wait_.release();
+        conn_.async_close([this] { ctx_.stop(); });
+    }
+
+    bool bar_enabled() const { return stderr_terminal_; }
+
+    // The progress line, redrawn about ten times a second on a terminal.
+    void tick()
+    {
+        bar_.tick(index_, accepted_, failed_);
+        ticker_.expires_after(100ms);
+        ticker_.async_wait([this](boost::system::error_code ec) {
+            if (!ec)
+                tick();
+        });
+    }
+
+    // Messages handed to the connection at once: the one on the wire and the next, queued.
+    static constexpr std::size_t window = 2;
+
+    asio::io_context& ctx_;
+    const send_options& options_;
+    message_reader& reader_;
+    connection conn_;
+    std::shared_ptr<link_watch> watch_;
+    asio::posix::stream_descriptor input_wait_;
+    int watched_fd_ = -1;
+    asio::steady_timer ticker_;
+    line_output out_;
+    progress bar_;
+    const bool stderr_terminal_ = ::isatty(STDERR_FILENO) == 1;
+    std::deque<slot> slots_; // from the oldest not yet printed, in input order
+    std::size_t outstanding_ = 0;
+    std::size_t index_ = 0;
+    std::size_t accepted_ = 0, failed_ = 0;
+    bool input_done_ = false, waiting_input_ = false, finished_ = false;
+    std::optional<std::string> given_up_; // what standard error says once the connection gave up
+    std::string reason_;                  // why the messages after that are not sent
+};
+
 int run_send(const send_options& o)
 {
     connection_options co = o.client.options();
-    message_reader reader(o.files, o.client.max_frame);
-
-    asio::io_context ctx;
+    message_reader reader(o.files, o.client.max_frame); // checks the files before anything connects
+    asio::io_context ctx(1);
     auto watch = std::make_shared<link_watch>();
     co.queue_timeout = 0ms; // the wait for a connection is bounded by the retries instead
     co.observer = [watch](const connection_event& e) { watch->on(e); };
@@ -145,39 +331,8 @@ int run_send(const send_options& o)
     auto connected = created.value().connect(o.client.port);
     if (!connected)
         throw failure(exit_usage, describe(connected.error()) + " (--tls-ca, --tls-cert, --tls-key)");
-    connection conn = std::move(connected).value();
-    const std::string peer = o.client.peer();
-    io_thread io(ctx);
-
-    progress bar;
-    std::size_t sent = 0, ok_count = 0, failed_count = 0;
-    std::optional<std::string> fatal;
-    while (!fatal) {
-        std::optional<input_message> item = reader.next();
-        if (!item)
-            break;
-        result r;
-        if (!item->error.empty()) {
-            r.error = item->error;
-        } else if (auto msg = message::parse(std::move(item->text)); !msg) {
-            r.error = "input message does not parse: " + describe(msg.error());
-        } else {
-            r = send_one(conn, std::move(msg).value(), *watch, peer, fatal,
-                         [&] { bar.tick(sent + 1, ok_count, failed_count); });
-        }
-        r.index = ++sent;
-        ++(r.accepted ? ok_count : failed_count);
-        bar.print(o.json ? json_line(r) : text_line(r));
-        bar.tick(sent, ok_count, failed_count);
-    }
-    bar.finish();
-    conn.async_close(asio::use_future).get();
-
-    if (fatal)
-        throw failure(exit_failed, *fatal); // the rest of the input is left unsent
-    if (sent == 0)
-        std::fputs("hl7: no messages in the input\n", stderr);
-    return failed_count == 0 ? exit_ok : exit_failed;
+    sender s(ctx, o, reader, std::move(connected).value(), watch);
+    return s.run();
 }
 
 } // namespace
@@ -188,8 +343,8 @@ command define_send(CLI::App& app)
     CLI::App* send = app.add_subcommand("send", "Send messages over MLLP and print their acknowledgements");
     send->footer("Messages are sent in order over one connection, one at a time. One line per message:\n"
                  "  <n> <MSH-10> <MSA-1> <MSA-2> <round trip ms> [error]   ('-' for what is absent)\n"
-                 "A message that fails is reported on its line and the next one is sent; but when the first\n"
-                 "connection attempts all fail, the rest of the input is not sent.\n"
+                 "A message that fails is reported on its line and the next one is sent. Once the connection\n"
+                 "gives up (--retries failed attempts in a row), the messages left are reported as not sent.\n"
                  "Exit status: 0 when every message got AA or CA, 1 otherwise, 2 for a usage error.");
     o->client.define(*send);
     send->add_flag("--json", o->json,

@@ -145,18 +145,63 @@ TEST_CASE("listen rejects a message without MSH-12 with AR naming MSH-12")
     CHECK(r.out.find("MSH-12 (version id)") != std::string::npos);
 }
 
-TEST_CASE("a refused port gives one clear line on standard error and exit status 1")
+TEST_CASE("a refused port gives one clear line on standard error, a line per message saying it was not sent, and exit status 1")
 {
     loopback_socket closed; // bound, never listening: connections are refused
     REQUIRE(closed.bound());
     const auto started = std::chrono::steady_clock::now();
-    const auto r = run({tool(), "send", "--port", closed.port(), "--retries", "2", sample("adt_a01.hl7")});
+    const auto r = run({tool(), "send", "--port", closed.port(), "--retries", "2", sample("adt_a01.hl7"),
+                        sample("oru_r01.hl7"), sample("adt_a01.hl7")});
     CHECK(std::chrono::steady_clock::now() - started < 10s);
     CHECK(r.status == 1);
     CHECK(r.err == "hl7: connection refused (127.0.0.1:" + closed.port() + ")\n");
     const auto out = lines(r.out);
-    REQUIRE(out.size() == 1);
-    CHECK(out[0].starts_with("1 MSG00001 - - - gave up after 2 connection attempts: connection refused"));
+    REQUIRE(out.size() == 3);
+    const std::string why = " - - - not sent: gave up after 2 connection attempts: connection refused (127.0.0.1:" +
+                            closed.port() + ")";
+    CHECK(out[0] == "1 MSG00001" + why);
+    CHECK(out[1] == "2 MSG00002" + why);
+    CHECK(out[2] == "3 MSG00001" + why);
+}
+
+TEST_CASE("every message gets its line when the connection gives up: the rest are reported at once, unsent")
+{
+    listener l;
+    child sender({tool(), "send", "--port", l.port(), "--retries", "2"});
+    for (int i = 1; i <= 3; ++i)
+        sender.write(small_message("D" + std::to_string(i)) + "\r");
+    for (int i = 1; i <= 3; ++i) {
+        const auto line = sender.read_line(5s);
+        REQUIRE(line.has_value());
+        check_acknowledged(*line, i, "D" + std::to_string(i), "AA");
+    }
+    l.stop(SIGKILL); // the peer dies mid-stream; its port then refuses connections
+    const auto started = std::chrono::steady_clock::now();
+    std::string rest;
+    for (int i = 4; i <= 2000; ++i)
+        rest += small_message("D" + std::to_string(i)) + "\r";
+    sender.write(rest);
+    sender.close_stdin();
+    const auto r = sender.wait(60s);
+    CHECK(std::chrono::steady_clock::now() - started < 30s); // not a round of attempts per message
+    CHECK(r.status == 1);
+    const auto out = lines(r.out); // all of standard output, the three lines read above included
+    REQUIRE(out.size() == 2000);
+    for (std::size_t k = 3; k < out.size(); ++k) {
+        const auto w = words(out[k]);
+        REQUIRE(w.size() >= 6);
+        CHECK(w[0] == std::to_string(k + 1));
+        CHECK(w[1] == "D" + std::to_string(k + 1));
+    }
+    // The message sent as the peer died may have been written; every later one says it was not sent,
+    // with the reason of the last attempt.
+    CHECK(out.back().find("not sent: gave up after 2 connection attempts: connection refused") != std::string::npos);
+    std::size_t unsent = 0;
+    for (const auto& line : out)
+        unsent += line.find(" - - - not sent: gave up after 2 connection attempts: connection refused") != std::string::npos;
+    CHECK(unsent >= out.size() - 3 - 2);
+    CHECK(r.err.find("gave up after 2 connection attempts: connection refused") != std::string::npos);
+    CHECK(lines(r.err).size() == 1);
 }
 
 TEST_CASE("a peer that never acknowledges times the message out after --ack-timeout")
