@@ -47,7 +47,7 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     void accept();
     void accepted(error_code ec, tcp::socket socket);
     void admit(tcp::socket socket);
-    void ended(std::list<std::shared_ptr<detail::server_connection>>::iterator it, const tcp::endpoint& peer);
+    void ended(std::list<std::weak_ptr<detail::server_connection>>::iterator it, const tcp::endpoint& peer);
     void handshake_ended();
     void stop(asio::any_completion_handler<void()> handler);
     void finish_if_stopped();
@@ -71,7 +71,10 @@ struct server::impl : std::enable_shared_from_this<server::impl> {
     bool accepting = false; // an accept is outstanding
     bool pausing = false;   // after a failed accept
     bool accept_failing = false;
-    std::list<std::shared_ptr<detail::server_connection>> connections;
+    // Weak: a connection is kept alive by the operations it has outstanding (and keeps the
+    // server alive), never by this list, so that nothing is left in a cycle when the
+    // execution context is destroyed with connections open.
+    std::list<std::weak_ptr<detail::server_connection>> connections;
     std::vector<asio::any_completion_handler<void()>> waiting;
 };
 
@@ -111,7 +114,7 @@ public:
     }
 
     const asio::any_io_executor strand;
-    std::list<std::shared_ptr<server_connection>>::iterator position;
+    std::list<std::weak_ptr<server_connection>>::iterator position;
 
 private:
     // Steps the core with `input`, then carries out what it asks. An exception (out of
@@ -420,7 +423,7 @@ void server::impl::admit(tcp::socket socket)
     asio::post(c->strand, [c] { c->start(); });
 }
 
-void server::impl::ended(std::list<std::shared_ptr<detail::server_connection>>::iterator it, const tcp::endpoint& peer)
+void server::impl::ended(std::list<std::weak_ptr<detail::server_connection>>::iterator it, const tcp::endpoint& peer)
 {
     connections.erase(it);
     admission.release(peer.address());
@@ -444,8 +447,9 @@ void server::impl::stop(asio::any_completion_handler<void()> handler)
         acceptor.close(ignored);
         accept_pause.cancel();
         report_timer.cancel();
-        for (const auto& c : connections)
-            asio::post(c->strand, [c] { c->stop(); });
+        for (const auto& weak : connections)
+            if (auto c = weak.lock())
+                asio::post(c->strand, [c] { c->stop(); });
     }
     finish_if_stopped();
 }
