@@ -80,6 +80,10 @@ struct StringMaker<std::vector<action>> {
 
 namespace {
 
+// A std::string, not a literal: `"\x0b" + std::string(...)` inserts at the front, which GCC 12
+// takes for an overlapping copy (a false -Wrestrict).
+const std::string start_block(1, '\x0b');
+
 const asio::ip::tcp::endpoint peer{asio::ip::make_address("192.0.2.1"), 4000};
 const core_clock::time_point t0 = core_clock::time_point{} + 1h;
 
@@ -298,7 +302,7 @@ TEST_CASE("oversized and cut-short frames are dropped and reported")
     h.start();
     // The rest of an oversized frame is dropped up to the next start block, under the frame
     // timeout as a frame would be.
-    CHECK(h.receive("\x0b" + std::string(20, 'x') + "\x1c\r") ==
+    CHECK(h.receive(start_block + std::string(20, 'x') + "\x1c\r") ==
           std::vector{action::notify(ev(ekind::bad_frame, "", errc::frame_too_large)), action::read(),
                       action::arm_timer(t0 + 60s)});
     h.now += 1s;
@@ -655,7 +659,7 @@ TEST_CASE("a frame that outgrows the connection's allowance and the server's bud
 {
     harness h(defaults(), 256 * 1024); // a budget of 256 KiB beyond 64 KiB per connection
     h.start();
-    h.receive("\x0b" + std::string(100 * 1024, 'x'));
+    h.receive(start_block + std::string(100 * 1024, 'x'));
     CHECK(h.shared.budget.used() > 0);
     CHECK(h.shared.budget.used() == h.core->charged());
     const auto acts = h.receive(std::string(300 * 1024, 'x'));
@@ -686,7 +690,7 @@ TEST_CASE("connections share the budget, and a large frame's memory is given bac
     action x;
     while (b.next(x)) {
     }
-    std::string chunk = "\x0b" + std::string(4 << 20, 'y');
+    std::string chunk = start_block + std::string(4 << 20, 'y');
     b.received(chunk, t0);
     bool closed = false;
     while (b.next(x))

@@ -80,8 +80,10 @@ TEST_CASE("concurrent saves each get a file of their own, whole")
     std::vector<std::thread> threads;
     for (int t = 0; t < 4; ++t)
         threads.emplace_back([&, t] {
+            std::string id = "T"; // appended to, not inserted into (a false -Wrestrict of GCC 12)
+            id += std::to_string(t);
             for (int i = 0; i < 25; ++i)
-                store.save("T" + std::to_string(t), std::string(1000 + i, static_cast<char>('a' + t)));
+                store.save(id, std::string(1000 + i, static_cast<char>('a' + t)));
         });
     for (auto& t : threads)
         t.join();
