@@ -1,5 +1,6 @@
 #include "core/session_core.hpp"
 
+#include "model/mllp_scan.hpp"
 #include "model/recover.hpp"
 
 #include <hl7/model/ack.hpp>
@@ -270,7 +271,7 @@ void session_core::handled(outcome::result<hl7::message> result, time_point now)
         return;
     if (result) {
         const std::string_view text = result.value().str();
-        if (text.find_first_of("\x0b\x1c") != std::string_view::npos)
+        if (mllp::detail::find_block_byte(text.data(), text.size()) != nullptr)
             handler_failed(errc::block_byte_in_message, make_error_code(errc::block_byte_in_message).message(), now);
         else
             reply(std::move(result).value(), std::string(in_hand_->control_id()), now);
@@ -324,7 +325,8 @@ void session_core::written(boost::system::error_code ec, time_point now)
     auto& stats = shared_.stats;
     stats.replied.fetch_add(1, relaxed);
     stats.bytes_sent.fetch_add(reply_->str().size() + mllp::overhead, relaxed);
-    const auto msa1 = reply_->get("MSA.1");
+    static const path msa1_path = path::parse("MSA.1").value();
+    const auto msa1 = reply_->get(msa1_path);
     if (const auto code = msa1 ? parse_ack_code(msa1.value().raw()) : std::nullopt)
         stats.replies_by_code[static_cast<std::size_t>(*code)].fetch_add(1, relaxed);
     if (config_.observed)
@@ -453,7 +455,8 @@ void session_core::on_frame(std::string_view payload, time_point now)
         return;
     }
     phase_started_ = now; // a message: the idle wait starts again
-    if (parsed.value().get("MSH.9.1") == "ACK") {
+    static const path message_type = path::parse("MSH.9.1").value();
+    if (parsed.value().get(message_type) == "ACK") {
         stats.acks_ignored.fetch_add(1, relaxed);
         notify({.what = kind::ack_ignored, .peer = peer_, .control_id = std::string(parsed.value().control_id())}, now);
         return;
@@ -474,7 +477,11 @@ void session_core::on_frame(std::string_view payload, time_point now)
 // millions of tiny segments would cost many times its size in memory and time.
 bool session_core::too_complex(std::string_view payload, time_point now)
 {
-    if ((config_.max_segments == 0 && config_.max_fields == 0) || payload.size() < 4)
+    // A segment takes two bytes at least (an empty line makes none), a field separator one:
+    // a frame too short to pass either bound needs no scan, which spares nearly every one.
+    const bool segments_fit = config_.max_segments == 0 || payload.size() / 2 + 1 <= config_.max_segments;
+    const bool fields_fit = config_.max_fields == 0 || payload.size() <= config_.max_fields;
+    if ((segments_fit && fields_fit) || payload.size() < 4)
         return false;
     const char separator = payload[3]; // MSH|, FHS|, BHS|: anything else does not parse anyway
     std::size_t cr = 0, lf = 0, fields = 0;

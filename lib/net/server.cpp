@@ -11,11 +11,13 @@
 #include "net/tls.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <chrono>
 #include <exception>
@@ -208,35 +210,75 @@ private:
         });
     }
 
+    // The handler runs in one coroutine per connection, started by the first message and
+    // resumed for each one after: a coroutine spawned per message would cost a trip through
+    // the scheduler each time.
     void handle(const message& m)
     {
         ++outstanding_;
-        asio::co_spawn(strand, invoke(shared_from_this(), &m, peer_info{peer_, core_->client_name()}),
-                       [](std::exception_ptr) {});
+        in_hand_ = &m;
+        if (!resume_handler()) // not started yet
+            asio::co_spawn(strand, run_handler(weak_from_this()), asio::detached);
     }
 
-    // Runs the handler and hands its result, or what it threw, to the core. The message lives
-    // in the core and `who` in this frame until the handler has finished.
-    static asio::awaitable<void> invoke(std::shared_ptr<server_connection> self, const message* m, peer_info who)
+    // Resumes the handler's coroutine when it waits for a message; false when it does not.
+    bool resume_handler()
     {
-        std::optional<outcome::result<message>> reply;
-        std::string failure;
-        try {
-            // Named before the co_await: GCC 12 may destroy twice a temporary that lives across one.
-            auto running = self->server_->options.handler(*m, who);
-            auto result = co_await std::move(running);
-            reply.emplace(std::move(result));
-        } catch (const std::exception& e) {
-            failure = e.what();
-        } catch (...) {
-            failure = "unknown exception";
+        if (!waiting_)
+            return false;
+        auto resume = std::move(*waiting_); // moved out by construction: never move-assigned
+        waiting_.reset();
+        std::move(resume)();
+        return true;
+    }
+
+    // Suspends the handler's coroutine until handle() or end() resumes it.
+    static asio::awaitable<void> next_message(server_connection* c)
+    {
+        return asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+            [c](auto handler) { c->waiting_.emplace(std::move(handler)); }, asio::use_awaitable);
+    }
+
+    // Runs the handler on each message handed out and gives its result, or what it threw, to
+    // the core. Between messages it holds the connection weakly: the connection holds it,
+    // suspended, and is kept alive meanwhile by the read or write it has outstanding (a
+    // connection with nothing outstanding has ended, which resumes this to finish).
+    static asio::awaitable<void> run_handler(std::weak_ptr<server_connection> weak)
+    {
+        for (;;) {
+            std::shared_ptr<server_connection> self = weak.lock();
+            if (!self || !self->in_hand_)
+                co_return; // the connection ended
+            const message& m = *std::exchange(self->in_hand_, nullptr);
+            // `who` lives in this frame until the handler has finished; the message in the core.
+            const peer_info who{self->peer_, self->core_->client_name()};
+            std::optional<outcome::result<message>> reply;
+            std::string failure;
+            try {
+                // Named before the co_await: GCC 12 may destroy twice a temporary that lives
+                // across one.
+                auto running = self->server_->options.handler(m, who);
+                auto result = co_await std::move(running);
+                reply.emplace(std::move(result));
+            } catch (const std::exception& e) {
+                failure = e.what();
+            } catch (...) {
+                failure = "unknown exception";
+            }
+            --self->outstanding_;
+            if (reply)
+                self->step([&] { self->core_->handled(std::move(*reply), now()); });
+            else
+                self->step([&] { self->core_->handler_threw(std::move(failure), now()); });
+            self->drained();
+            if (self->ended_)
+                co_return;
+            if (self->in_hand_)
+                continue;
+            auto waiting = next_message(self.get());
+            self.reset();
+            co_await std::move(waiting);
         }
-        --self->outstanding_;
-        if (reply)
-            self->step([&] { self->core_->handled(std::move(*reply), now()); });
-        else
-            self->step([&] { self->core_->handler_threw(std::move(failure), now()); });
-        self->drained();
     }
 
     void notify(const owned_server_event& e)
@@ -278,6 +320,7 @@ private:
         release_handshake_slot();
         if (std::exchange(ended_, true))
             return;
+        resume_handler(); // to finish
         asio::post(server_->strand, [server = server_, it = position, peer = peer_] { server->ended(it, peer); });
     }
 
@@ -310,6 +353,8 @@ private:
     asio::steady_timer timer_;
     tcp::endpoint peer_;
     std::optional<session_core> core_;
+    const message* in_hand_ = nullptr; // handed out by the core, not yet taken by the handler's coroutine
+    std::optional<asio::any_completion_handler<void()>> waiting_; // the handler's coroutine, between messages
     std::size_t outstanding_ = 0; // operations started and not completed, for failures
     bool handshake_slot_ = server_->tls != nullptr;
     bool running_ = false;
