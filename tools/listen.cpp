@@ -35,6 +35,7 @@
 #include <tuple>
 #include <vector>
 
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -391,6 +392,10 @@ int run_listen(listen_options o)
     // A reader of standard output that goes away must end the listener with a message, not kill
     // it with SIGPIPE.
     std::signal(SIGPIPE, SIG_IGN);
+    // Large buffers (frames being gathered) from mmap, given back to the system when freed:
+    // glibc would otherwise raise this threshold after the first large free and keep such
+    // buffers in its heap, so that memory a hostile peer made the listener take stays taken.
+    ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     asio::io_context ctx(static_cast<int>(threads));
     // Installed before the server exists, so that a signal is never missed once it listens.
     asio::signal_set signals(ctx, SIGINT, SIGTERM);
