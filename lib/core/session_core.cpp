@@ -146,7 +146,7 @@ session_core::session_core(const session_config& config, server_shared& shared, 
         phase_ = phase::handshaking;
         phase_started_ = now;
         handshaking_ = true;
-        actions_.push_back(action::handshake());
+        actions_.push(action::handshake());
     } else {
         start_reading(now);
     }
@@ -156,17 +156,6 @@ session_core::session_core(const session_config& config, server_shared& shared, 
 session_core::~session_core()
 {
     shared_.budget.give(charged_);
-}
-
-bool session_core::next(action& out)
-{
-    if (taken_ == actions_.size()) {
-        actions_.clear(); // keeps the capacity: no allocation per message
-        taken_ = 0;
-        return false;
-    }
-    out = std::move(actions_[taken_++]);
-    return true;
 }
 
 std::size_t session_core::held() const noexcept
@@ -194,13 +183,8 @@ clock::time_point session_core::due() const noexcept
 
 void session_core::handshake_done(const std::vector<std::string>& names, time_point now)
 {
-    if (!handshaking_)
+    if (!completed(handshaking_, phase::handshaking))
         return;
-    handshaking_ = false;
-    if (phase_ != phase::handshaking) {
-        maybe_done();
-        return;
-    }
     if (!config_.allowed_client_names.empty()) {
         for (const std::string& allowed : config_.allowed_client_names)
             for (const std::string& name : names)
@@ -226,13 +210,8 @@ void session_core::handshake_done(const std::vector<std::string>& names, time_po
 
 void session_core::handshake_failed(boost::system::error_code ec, time_point now)
 {
-    if (!handshaking_)
+    if (!completed(handshaking_, phase::handshaking))
         return;
-    handshaking_ = false;
-    if (phase_ != phase::handshaking) {
-        maybe_done();
-        return;
-    }
     shared_.stats.errors.fetch_add(1, relaxed);
     notify({.what = kind::handshake_failed, .peer = peer_, .error = ec}, now);
     close(ec, now);
@@ -240,14 +219,9 @@ void session_core::handshake_failed(boost::system::error_code ec, time_point now
 
 void session_core::received(std::string_view bytes, time_point now)
 {
-    if (!reading_)
+    if (!completed(reading_, phase::reading))
         return;
-    reading_ = false;
     shared_.stats.bytes_received.fetch_add(bytes.size(), relaxed);
-    if (phase_ != phase::reading) {
-        maybe_done();
-        return;
-    }
     decoder_.feed(bytes);
     drain(now);
     rearm();
@@ -255,13 +229,8 @@ void session_core::received(std::string_view bytes, time_point now)
 
 void session_core::read_failed(boost::system::error_code ec, time_point now)
 {
-    if (!reading_)
+    if (!completed(reading_, phase::reading))
         return;
-    reading_ = false;
-    if (phase_ == phase::closed) {
-        maybe_done();
-        return;
-    }
     close(stop_requested_ ? make_error_code(errc::closed) : ec, now);
 }
 
@@ -289,6 +258,19 @@ void session_core::handler_threw(std::string what, time_point now)
         return;
     handler_failed(errc::handler_failed, std::move(what), now);
     rearm();
+}
+
+// An operation the core asked for completed: true when it was outstanding and the connection
+// is still in the phase that asked for it; otherwise (the connection closed meanwhile, or
+// nothing was asked) its completion only tells whether the session is over.
+bool session_core::completed(bool& outstanding, phase asked_in)
+{
+    if (!std::exchange(outstanding, false))
+        return false;
+    if (phase_ == asked_in)
+        return true;
+    maybe_done();
+    return false;
 }
 
 // The handler is done with the message in hand; false when the connection closed meanwhile.
@@ -400,7 +382,7 @@ void session_core::start_reading(time_point now)
     phase_ = phase::reading;
     phase_started_ = now;
     reading_ = true;
-    actions_.push_back(action::read());
+    actions_.push(action::read());
 }
 
 // Hands out the frames of the bytes read, one at a time: a message stops the loop until its
@@ -418,7 +400,7 @@ void session_core::drain(time_point now)
             else if (!frame_started_)
                 frame_started_ = now;
             reading_ = true;
-            actions_.push_back(action::read());
+            actions_.push(action::read());
             return;
         }
         frame_started_.reset(); // a frame ended, well or not: the next one's clock starts when it is seen
@@ -470,7 +452,7 @@ void session_core::on_frame(std::string_view payload, time_point now)
         return;
     handling_ = true;
     handler_started_ = now;
-    actions_.push_back(action::handle(*in_hand_));
+    actions_.push(action::handle(*in_hand_));
 }
 
 // Counting line ends and field separators costs one pass over the bytes; parsing a frame of
@@ -536,7 +518,7 @@ void session_core::reply(hl7::message m, std::string control_id, time_point now)
     if (!account(now))
         return;
     writing_ = true;
-    actions_.push_back(action::write(reply_->str()));
+    actions_.push(action::write(reply_->str()));
 }
 
 void session_core::handler_failed(boost::system::error_code ec, std::string detail, time_point now)
@@ -570,7 +552,7 @@ void session_core::close(boost::system::error_code why, time_point now, std::str
     if (phase_ == phase::closed)
         return;
     phase_ = phase::closed;
-    actions_.push_back(action::close(why));
+    actions_.push(action::close(why));
     {
         // Its buffer goes now (a move-assignment could keep the old capacity); what is in
         // hand goes when done with.
@@ -580,7 +562,7 @@ void session_core::close(boost::system::error_code why, time_point now, std::str
     account(now);
     if (armed_ != time_point::max()) {
         armed_ = time_point::max();
-        actions_.push_back(action::arm_timer(time_point::max()));
+        actions_.push(action::arm_timer(time_point::max()));
     }
     notify({.what = kind::disconnected, .peer = peer_, .error = why, .detail = std::move(detail)}, now);
     maybe_done();
@@ -591,7 +573,7 @@ void session_core::maybe_done()
     if (phase_ != phase::closed || done_ || reading_ || writing_ || handshaking_ || handling_)
         return;
     done_ = true;
-    actions_.push_back(action::done());
+    actions_.push(action::done());
 }
 
 // Brings the budget in line with what is held; false when it is spent, which closes the
@@ -629,7 +611,7 @@ void session_core::notify(owned_server_event e, time_point now)
             return;
         e.suppressed = *left_out;
     }
-    actions_.push_back(action::notify(std::move(e)));
+    actions_.push(action::notify(std::move(e)));
 }
 
 // The timer is armed lazily, as the client's is: only when something is due before it.
@@ -638,7 +620,7 @@ void session_core::rearm()
     const time_point t = due();
     if (t < armed_) {
         armed_ = t;
-        actions_.push_back(action::arm_timer(t));
+        actions_.push(action::arm_timer(t));
     }
 }
 

@@ -7,6 +7,7 @@
 // Nothing here sleeps or touches a socket, so every path is tested with a made-up clock.
 #pragma once
 
+#include "core/action_queue.hpp"
 #include "core/server_shared.hpp"
 
 #include <hl7/model/message.hpp>
@@ -140,7 +141,7 @@ public:
 
     // --- outputs --------------------------------------------------------------------------
     /// Takes the next action to carry out, in order; false when there is none.
-    bool next(action& out);
+    bool next(action& out) { return actions_.next(out); }
 
     /// The allowed name the client's certificate carries (see peer_info).
     std::string_view client_name() const noexcept { return client_name_; }
@@ -161,6 +162,7 @@ private:
     bool too_complex(std::string_view payload, time_point now);
     bool bad(time_point now);
     void reply(hl7::message m, std::string control_id, time_point now);
+    bool completed(bool& outstanding, phase asked_in);
     bool handler_returned(time_point now);
     void handler_failed(boost::system::error_code ec, std::string detail, time_point now);
     void message_done(time_point now);
@@ -189,8 +191,7 @@ private:
     bool stop_requested_ = false;
     bool reading_ = false, writing_ = false, handshaking_ = false, handling_ = false;
     bool done_ = false;
-    std::vector<action> actions_;
-    std::size_t taken_ = 0;
+    action_queue<action> actions_;
 };
 
 } // namespace hl7::detail

@@ -201,14 +201,6 @@ TEST_CASE("listen's AR for a message without MSH-9 carries HL7 error 101 in an E
 
 namespace {
 
-std::set<std::string> names_in(const fs::path& dir)
-{
-    std::set<std::string> names;
-    for (const auto& entry : fs::directory_iterator(dir))
-        names.insert(entry.path().filename().string());
-    return names;
-}
-
 // Runs `script` with bash, "$0" being the hl7 tool.
 child bash(const std::string& script)
 {

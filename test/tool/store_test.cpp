@@ -17,17 +17,10 @@
 #include <unistd.h>
 
 namespace fs = std::filesystem;
+using hl7::test::names_in;
 using hl7::tool::message_store;
 
 namespace {
-
-std::set<std::string> names_in(const fs::path& dir)
-{
-    std::set<std::string> names;
-    for (const auto& entry : fs::directory_iterator(dir))
-        names.insert(entry.path().filename().string());
-    return names;
-}
 
 std::string read(const fs::path& file)
 {
