@@ -63,6 +63,7 @@ struct listen_options {
     std::vector<std::string> tls_allow_names;
     // Exposure to untrusted peers: the library's defaults.
     std::size_t max_connections = server_options{}.max_connections;
+    bool max_connections_given = false; ///< asked for on the command line, not defaulted
     std::size_t max_per_source = server_options{}.max_per_source;
     double idle_timeout = 300;  ///< seconds
     double frame_timeout = 60;  ///< seconds
@@ -354,8 +355,9 @@ std::string collect_metrics(const server& srv, const listener& l)
     return e.text();
 }
 
-// Raises the soft descriptor limit to the hard one, and keeps max_connections within it.
-std::size_t fit_descriptors(std::size_t max_connections, fd_writer& log)
+// Raises the soft descriptor limit to the hard one, and keeps max_connections within it,
+// saying so when the value was asked for.
+std::size_t fit_descriptors(std::size_t max_connections, bool given, fd_writer& log)
 {
     rlimit r{};
     if (::getrlimit(RLIMIT_NOFILE, &r) != 0)
@@ -371,8 +373,9 @@ std::size_t fit_descriptors(std::size_t max_connections, fd_writer& log)
     const auto room = static_cast<std::size_t>(r.rlim_cur - reserved_descriptors);
     if (max_connections <= room)
         return max_connections;
-    log.write_line("hl7: --max-connections lowered to " + std::to_string(room) + ": the descriptor limit is " +
-                   std::to_string(r.rlim_cur) + "\n");
+    if (given)
+        log.write_line("hl7: --max-connections lowered to " + std::to_string(room) +
+                       ": the descriptor limit is " + std::to_string(r.rlim_cur) + "\n");
     return room;
 }
 
@@ -409,7 +412,7 @@ int run_listen(listen_options o)
         asio::post(ctx, [&] { stop(); });
     });
     asio::thread_pool disk(disk_threads);
-    o.max_connections = fit_descriptors(o.max_connections, *log);
+    o.max_connections = fit_descriptors(o.max_connections, o.max_connections_given, *log);
     auto l = std::make_shared<listener>(o, out, *log, disk);
 
     const std::string host(strip_brackets(o.host));
@@ -533,7 +536,7 @@ command define_listen(CLI::App& app)
     listen->add_option("--max-frame", o->max_frame, "Largest message accepted")
         ->type_name("BYTES")
         ->capture_default_str();
-    listen->add_option("--max-connections", o->max_connections,
+    auto* max_connections = listen->add_option("--max-connections", o->max_connections,
                        "Connections open at once; more are refused (kept below the descriptor limit)")
         ->type_name("N")
         ->capture_default_str();
@@ -571,8 +574,9 @@ command define_listen(CLI::App& app)
         ->type_name("NAME")
         ->expected(1)
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-    return {listen, [o, reply] {
+    return {listen, [o, reply, max_connections] {
                 o->reply = reply_verdict(*reply);
+                o->max_connections_given = max_connections->count() > 0;
                 return run_listen(*o);
             }};
 }

@@ -122,7 +122,8 @@ TEST_CASE("connections beyond max_connections are closed at once and reported; o
 }
 
 // Skipped where 127.0.0.2 is not a loopback address.
-TEST_CASE("one source holding its max_per_source connections does not lock another source out" * doctest::skip(!second_loopback_available()))
+TEST_CASE("one source holding its max_per_source connections does not lock another source out"
+          * doctest::skip(!second_loopback_available()))
 {
     hl7::test::run_async([]() -> asio::awaitable<void> {
         recorder events;
@@ -143,7 +144,8 @@ TEST_CASE("one source holding its max_per_source connections does not lock anoth
 }
 
 // Skipped where 127.0.0.2 is not a loopback address.
-TEST_CASE("a source outside the allowed networks is closed before any byte is read; an allowed one is served" * doctest::skip(!second_loopback_available()))
+TEST_CASE("a source outside the allowed networks is closed before any byte is read; an allowed one is served"
+          * doctest::skip(!second_loopback_available()))
 {
     hl7::test::run_async([]() -> asio::awaitable<void> {
         recorder events;

@@ -129,7 +129,8 @@ TEST_CASE("a custom coroutine handler makes the reply")
 {
     on_one_and_two_threads([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        auto server = start(ex, {.handler = [](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [](const message& m, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      // Suspends for real before answering.
                                      auto executor = co_await asio::this_coro::executor;
                                      co_await asio::post(executor, asio::use_awaitable);
@@ -170,7 +171,8 @@ TEST_CASE("connections are served concurrently: one waiting in its handler does 
         auto ex = co_await asio::this_coro::executor;
         event waiting(ex);
         event go(ex);
-        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      if (m.get("MSH.10") == "WAIT") {
                                          waiting.set();
                                          co_await go.wait();
@@ -315,7 +317,8 @@ TEST_CASE("a handler that throws is answered with AE 207 and reported, and the c
         recorder events;
         auto ex = co_await asio::this_coro::executor;
         auto server = start(ex,
-                            {.handler = [](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
+                            {.handler = [](const message& m, const hl7::peer_info&)
+                                 -> asio::awaitable<hl7::outcome::result<message>> {
                                  if (m.get("MSH.10") == "THROW")
                                      throw std::runtime_error("database down");
                                  co_return hl7::make_ack(m, hl7::verdict::accept);
@@ -447,7 +450,8 @@ TEST_CASE("async_close lets a running handler finish and deliver its reply befor
         auto ex = co_await asio::this_coro::executor;
         recorder events;
         event started(ex);
-        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      started.set();
                                      co_await hl7::test::sleep_for(200ms);
                                      co_return hl7::make_ack(m, hl7::verdict::accept);
@@ -481,7 +485,8 @@ TEST_CASE("async_close closes a connection whose peer does not read its reply on
         // for a peer that never reads.
         const std::string big = hl7::test::cr("MSH|^~\\&|A|B|C|D|20240101||ACK^A01^ACK|BIG|P|2.5.1\nNTE|1||") +
                                 std::string(16 << 20, 'x') + "\r";
-        auto server = start(ex, {.handler = [&](const message&, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message&, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      co_return message::parse(std::string_view(big)).value();
                                  },
                                  .observer = events.observer(),
@@ -617,7 +622,8 @@ TEST_CASE("stopping and destroying a server while a handler is running leaves no
         event started(ex);
         std::optional<raw_client> idle;
         {
-            auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<message>> {
+            auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&)
+                                         -> asio::awaitable<hl7::outcome::result<message>> {
                                          started.set();
                                          co_await hl7::test::sleep_for(1h);
                                          co_return hl7::make_ack(m, hl7::verdict::accept);

@@ -94,7 +94,8 @@ TEST_CASE("a store that cannot create its directory fails with a message")
 }
 
 // As root, a read-only directory is writable anyway.
-TEST_CASE("a failed save reports the file it could not write and leaves nothing behind" * doctest::skip(::geteuid() == 0))
+TEST_CASE("a failed save reports the file it could not write and leaves nothing behind"
+          * doctest::skip(::geteuid() == 0))
 {
     hl7::test::temp_dir tmp;
     message_store store(tmp.path());
