@@ -423,8 +423,11 @@ TEST_CASE("listen --threads 4 answers concurrent senders, each message once")
     for (int s = 0; s < 4; ++s) {
         senders.push_back(std::make_unique<child>(std::vector<std::string>{tool(), "send", "--port", l.port()}));
         std::string input;
-        for (int i = 0; i < 20; ++i)
-            input += small_message("T" + std::to_string(s) + "-" + std::to_string(i)) + "\r";
+        for (int i = 0; i < 20; ++i) {
+            std::string id = "T"; // appended to, not inserted into (a false -Wrestrict of GCC 12)
+            id += std::to_string(s) + "-" + std::to_string(i);
+            input += small_message(id) + "\r";
+        }
         senders.back()->write(input);
     }
     for (auto& s : senders)
