@@ -44,6 +44,20 @@ public:
         case errc::tls_no_client_certificate: return "TLS: the server requires a client certificate";
         case errc::tls_plaintext_peer: return "TLS: peer does not speak TLS";
         case errc::tls_handshake_failed: return "TLS handshake failed";
+        case errc::tls_client_not_allowed: return "TLS: the client certificate names no allowed client";
+        case errc::source_not_allowed: return "connection refused: source address not allowed";
+        case errc::too_many_connections: return "connection refused: the server holds its maximum of connections";
+        case errc::too_many_from_source:
+            return "connection refused: the source address holds its maximum of connections";
+        case errc::idle_timeout: return "no message within the idle timeout";
+        case errc::frame_timeout: return "frame not finished within the frame timeout";
+        case errc::write_timeout: return "reply not written within the write timeout";
+        case errc::buffer_limit: return "the server's budget of buffered bytes is spent";
+        case errc::message_too_complex: return "message has more segments or fields than allowed";
+        case errc::too_many_bad_frames: return "too many bad frames in a row";
+        case errc::handler_failed: return "the message handler threw an exception";
+        case errc::session_failed: return "connection ended by an unexpected internal error";
+        case errc::invalid_network: return "invalid network: not an IP address or CIDR network";
         }
         return "unknown hl7 error " + std::to_string(ev);
     }

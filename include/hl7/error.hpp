@@ -109,6 +109,42 @@ enum class errc {
     /// The TLS handshake failed for another reason (no common protocol or cipher, a bad
     /// message...).
     tls_handshake_failed,
+    /// The client's certificate is trusted but names none of the clients the server allows
+    /// (tls_server_options::allowed_client_names); the connection is closed.
+    tls_client_not_allowed,
+
+    // --- server ----------------------------------------------------------------------------
+    /// A connection came from an address outside server_options::allowed_sources; refused.
+    source_not_allowed,
+    /// The server already holds server_options::max_connections connections; refused.
+    too_many_connections,
+    /// The source address already holds server_options::max_per_source connections; refused.
+    too_many_from_source,
+    /// No message began within server_options::idle_timeout; the connection is closed.
+    idle_timeout,
+    /// A frame did not end within server_options::frame_timeout of its start; the connection
+    /// is closed.
+    frame_timeout,
+    /// A reply was not written within server_options::write_timeout (the peer does not read);
+    /// the connection is closed.
+    write_timeout,
+    /// The server's budget of buffered bytes (server_options::max_buffered) is spent; the
+    /// connection that needed more is closed.
+    buffer_limit,
+    /// A message has more segments or fields than server_options::max_segments or max_fields
+    /// allow; it is not parsed, and answered with AR when its header can be read.
+    message_too_complex,
+    /// server_options::max_bad_frames frames in a row were bad (oversized, cut short, not
+    /// HL7, too complex); the connection is closed.
+    too_many_bad_frames,
+    /// The server's handler threw an exception.
+    handler_failed,
+    /// The server ended a connection because of an unexpected exception in its own work (out
+    /// of memory, say).
+    session_failed,
+    /// An allowed source network is not an IPv4 or IPv6 network in CIDR notation
+    /// ("10.0.0.0/8", "2001:db8::/32", or a single address).
+    invalid_network,
 };
 
 /// Negative acknowledgements from the peer (category name "hl7.ack").

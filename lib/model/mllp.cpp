@@ -138,12 +138,21 @@ void decoder::feed(std::string_view chunk) noexcept
     input_ = chunk;
 }
 
+// Empties the buffer, and gives its memory back when a large frame made it grow.
+void decoder::release() noexcept
+{
+    if (partial_.capacity() > retained_capacity)
+        std::string().swap(partial_);
+    else
+        partial_.clear();
+}
+
 std::optional<outcome::result<std::string_view>> decoder::next()
 {
     // The view handed out last may point into partial_: only now may a large buffer go, so
     // that one big frame does not pin its size for the rest of the connection.
-    if (state_ == state::idle && partial_.capacity() > retained_capacity)
-        std::string().swap(partial_);
+    if (state_ == state::idle)
+        release();
     for (;;) {
         if (input_.empty())
             return std::nullopt;
@@ -183,7 +192,7 @@ std::optional<outcome::result<std::string_view>> decoder::next()
         if (!found) {
             if (window > room) {
                 state_ = state::discarding;
-                partial_.clear();
+                release();
                 input_.remove_prefix(window);
                 return outcome::result<std::string_view>(errc::frame_too_large);
             }
@@ -195,7 +204,7 @@ std::optional<outcome::result<std::string_view>> decoder::next()
         const auto length = static_cast<std::size_t>(found - input_.data());
         if (*found == start_block) {
             // The new frame starts at this 0x0B: stay in_frame with an empty payload.
-            partial_.clear();
+            release();
             input_.remove_prefix(length + 1);
             return outcome::result<std::string_view>(errc::invalid_frame);
         }

@@ -1,24 +1,27 @@
+// The Asio side of the server: the acceptor, which admits or refuses each connection, and
+// for each connection a transport, a timer and a session_core whose actions it carries out.
+// A connection's work runs on its strand, the acceptor's on another.
 #include <hl7/net/server.hpp>
 
-#include "model/recover.hpp"
-#include "net/strand.hpp"
+#include "core/admission.hpp"
+#include "core/server_shared.hpp"
+#include "core/session_core.hpp"
 #include "net/session.hpp"
+#include "net/strand.hpp"
 #include "net/tls.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 
-#include <array>
 #include <chrono>
 #include <exception>
 #include <list>
-#include <optional>
 #include <utility>
 #include <vector>
 
@@ -29,284 +32,484 @@ using asio::ip::tcp;
 using boost::system::error_code;
 using kind = server_event::kind;
 
+namespace detail {
+class server_connection;
+}
+
+struct server::impl : std::enable_shared_from_this<server::impl> {
+    impl(executor_type e, server_options o, std::shared_ptr<asio::ssl::context> t, std::vector<detail::network> allowed)
+        : ex(std::move(e)), strand(asio::make_strand(ex)), acceptor(strand), accept_pause(strand), report_timer(strand),
+          options(std::move(o)), config(detail::session_config::from(options)), tls(std::move(t)),
+          shared(options.max_buffered),
+          admission({options.max_connections, options.max_per_source, tls ? options.max_handshakes : 0},
+                    std::move(allowed))
+    {
+    }
+
+    void accept();
+    void accepted(error_code ec, tcp::socket socket);
+    void admit(tcp::socket socket);
+    void ended(std::list<std::weak_ptr<detail::server_connection>>::iterator it, const tcp::endpoint& peer);
+    void handshake_ended();
+    void stop(asio::any_completion_handler<void()> handler);
+    void finish_if_stopped();
+    void report(server_event e) noexcept;
+    void report_suppressed();
+
+    const executor_type ex;
+    const asio::strand<executor_type> strand; // the acceptor's
+    tcp::acceptor acceptor;
+    asio::steady_timer accept_pause;
+    asio::steady_timer report_timer; // reports the counts of events left out, once a second
+    tcp::endpoint endpoint;
+    const server_options options;
+    const detail::session_config config;
+    const std::shared_ptr<asio::ssl::context> tls; // null: plaintext
+    detail::server_shared shared;
+
+    // On `strand` only.
+    detail::admission admission;
+    bool stopping = false;
+    bool accepting = false; // an accept is outstanding
+    bool pausing = false;   // after a failed accept
+    bool accept_failing = false;
+    // Weak: a connection is kept alive by the operations it has outstanding (and keeps the
+    // server alive), never by this list, so that nothing is left in a cycle when the
+    // execution context is destroyed with connections open.
+    std::list<std::weak_ptr<detail::server_connection>> connections;
+    std::vector<asio::any_completion_handler<void()>> waiting;
+};
+
+namespace detail {
+
 namespace {
 
-constexpr auto relaxed = std::memory_order_relaxed;
+constexpr std::size_t read_size = 16 * 1024;
 
-// The session's operations as awaitables. Built outside the coroutines that await them, so
-// that no temporary of theirs lives across a co_await (which GCC 12 may destroy twice).
-asio::awaitable<std::tuple<error_code>> await_handshake(detail::session& t)
+clock::time_point now() noexcept
 {
-    return asio::async_initiate<const asio::use_awaitable_t<>&, void(std::tuple<error_code>)>(
-        [&t](auto handler) {
-            t.async_handshake(asio::ssl::stream_base::server,
-                              [h = std::move(handler)](error_code e) mutable { std::move(h)(std::make_tuple(e)); });
-        },
-        asio::use_awaitable);
-}
-
-asio::awaitable<std::tuple<error_code, std::string_view>> await_read(detail::session& t)
-{
-    return asio::async_initiate<const asio::use_awaitable_t<>&, void(std::tuple<error_code, std::string_view>)>(
-        [&t](auto handler) {
-            t.async_read_some([h = std::move(handler)](error_code e, std::string_view b) mutable {
-                std::move(h)(std::make_tuple(e, b));
-            });
-        },
-        asio::use_awaitable);
-}
-
-asio::awaitable<std::tuple<error_code>> await_write(detail::session& t)
-{
-    return asio::async_initiate<const asio::use_awaitable_t<>&, void(std::tuple<error_code>)>(
-        [&t](auto handler) {
-            t.async_finish_write([h = std::move(handler)](error_code e) mutable { std::move(h)(std::make_tuple(e)); });
-        },
-        asio::use_awaitable);
+    return clock::now();
 }
 
 } // namespace
 
-struct server::impl {
-    struct session {
-        session(tcp::socket s, asio::ssl::context* tls)
-            : strand(s.get_executor()), transport(std::move(s), tls, 16 * 1024), peer((transport.connected(), transport.peer()))
-        {
-        }
-
-        const executor_type strand;
-        detail::session transport;
-        tcp::endpoint peer;
-        // On `strand` only.
-        bool stop_requested = false;
-        bool reading = false;
-    };
-
-    impl(executor_type e, server_options o, std::shared_ptr<asio::ssl::context> t)
-        : ex(std::move(e)), strand(asio::make_strand(ex)), acceptor(strand), accept_pause(strand),
-          stop_deadline(strand), options(std::move(o)), tls(std::move(t))
+// One accepted connection. The core decides; this carries out its actions. Every operation
+// it starts holds the connection alive until it completes, and the core asks for `done`
+// only once none is outstanding.
+class server_connection : public std::enable_shared_from_this<server_connection> {
+public:
+    server_connection(std::shared_ptr<server::impl> server, tcp::socket socket, tcp::endpoint peer)
+        : strand(socket.get_executor()), server_(std::move(server)),
+          transport_(std::move(socket), server_->tls.get(), read_size), timer_(strand), peer_(std::move(peer))
     {
+        transport_.connected();
     }
 
-    const executor_type ex;
-    const asio::strand<executor_type> strand;
-    tcp::acceptor acceptor;
-    asio::steady_timer accept_pause;
-    asio::steady_timer stop_deadline;
-    tcp::endpoint endpoint;
-    const server_options options;
-    const std::shared_ptr<asio::ssl::context> tls; // null: plaintext
-    std::atomic<std::uint64_t> connections{0};
-    std::atomic<std::uint64_t> received{0};
-    std::atomic<std::uint64_t> replied{0};
-    std::atomic<std::uint64_t> errors{0};
-
-    // On `strand` only.
-    bool stopping = false;
-    bool accepting = true;
-    std::list<std::shared_ptr<session>> sessions;
-    std::vector<asio::any_completion_handler<void()>> waiting;
-
-    void report(const server_event& e) const
+    void start()
     {
-        if (options.observer)
-            options.observer(e);
+        step([&] { core_.emplace(server_->config, server_->shared, peer_, now()); });
     }
 
-    static void stop(const std::shared_ptr<impl>& self, asio::any_completion_handler<void()> handler)
+    void stop()
     {
-        if (handler)
-            self->waiting.push_back(std::move(handler));
-        if (!self->stopping) {
-            self->stopping = true;
-            error_code ignored;
-            self->acceptor.close(ignored);
-            self->accept_pause.cancel();
-            for (const auto& s : self->sessions) {
-                // A session busy with a message sees the flag once it has written the reply.
-                asio::post(s->strand, [s] {
-                    s->stop_requested = true;
-                    if (s->reading) {
-                        error_code ignored;
-                        s->transport.socket().cancel(ignored);
-                    }
-                });
-            }
-            self->stop_deadline.expires_after(self->options.close_timeout);
-            self->stop_deadline.async_wait([self](error_code ec) {
-                if (ec)
-                    return; // every connection ended in time
-                for (const auto& s : self->sessions)
-                    asio::post(s->strand, [s] { s->transport.close(); });
-            });
-        }
-        self->finish_if_stopped();
+        step([&] { core_->stop(now()); });
     }
 
-    void finish_if_stopped()
+    const asio::any_io_executor strand;
+    std::list<std::weak_ptr<server_connection>>::iterator position;
+
+private:
+    // Steps the core with `input`, then carries out what it asks. An exception (out of
+    // memory, say) ends the connection, reported; the core is not stepped again, and the
+    // operations still outstanding only drain.
+    template <class Input>
+    void step(Input&& input)
     {
-        if (!stopping || accepting || !sessions.empty())
+        if (failed_)
             return;
-        stop_deadline.cancel();
-        for (auto& h : std::exchange(waiting, {}))
-            asio::post(ex, std::move(h));
+        try {
+            input();
+            run();
+        } catch (const std::exception& e) {
+            fail(e.what());
+        } catch (...) {
+            fail("unknown exception");
+        }
     }
 
-    static asio::awaitable<void> accept_loop(std::shared_ptr<impl> self)
+    void run()
     {
-        while (!self->stopping) {
-            auto [ec, socket] = co_await self->acceptor.async_accept(
-                detail::make_strand(self->ex), asio::as_tuple(asio::use_awaitable));
-            if (self->stopping)
+        // Carried out by the outermost call only: an action that completes at once (a reply
+        // written at once, a handler that returns without suspending) steps the core again
+        // from inside this loop, and its actions join the queue rather than the stack.
+        if (running_)
+            return;
+        running_ = true;
+        struct reset {
+            bool& flag;
+            ~reset() { flag = false; }
+        } guard{running_};
+        session_action a;
+        while (core_->next(a)) {
+            using k = session_action::kind;
+            switch (a.what()) {
+            case k::handshake: handshake(); break;
+            case k::read: read(); break;
+            case k::handle: handle(a.message()); break;
+            case k::write: write(a.bytes()); break;
+            case k::close:
+                transport_.close();
                 break;
-            if (ec) {
-                // Out of descriptors, say: pause rather than spin; stop() cancels the pause.
-                self->accept_pause.expires_after(std::chrono::milliseconds(100));
-                co_await self->accept_pause.async_wait(asio::as_tuple(asio::use_awaitable));
-                continue;
+            case k::notify: notify(a.event()); break;
+            case k::arm_timer: arm(a.deadline()); break;
+            case k::done: end(); break;
             }
-            self->connections.fetch_add(1, relaxed);
-            auto s = std::make_shared<session>(std::move(socket), self->tls.get());
-            auto it = self->sessions.insert(self->sessions.end(), s);
-            // The completion handler runs even when the session ended by an exception, so
-            // the session always leaves the list.
-            asio::co_spawn(s->strand, serve(self, s), [self, it](std::exception_ptr) {
-                asio::post(self->strand, [self, it] {
-                    self->sessions.erase(it);
-                    self->finish_if_stopped();
+        }
+    }
+
+    void handshake()
+    {
+        ++outstanding_;
+        transport_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](error_code ec) {
+            --self->outstanding_;
+            self->release_handshake_slot();
+            if (ec)
+                self->step([&] { self->core_->handshake_failed(ec, now()); });
+            else
+                self->step([&] {
+                    self->core_->handshake_done(peer_certificate_names(self->transport_.native_handle()), now());
                 });
-            });
-        }
-    }
-
-    // The TLS handshake, bounded by its timeout: on expiry the socket is closed under it. The
-    // timer's handler may run after this coroutine is gone, so what it touches is shared.
-    asio::awaitable<error_code> handshake(std::shared_ptr<session> s)
-    {
-        struct race {
-            bool expired = false;
-            bool over = false;
-        };
-        auto state = std::make_shared<race>();
-        asio::steady_timer deadline(s->strand, options.tls->handshake_timeout);
-        deadline.async_wait([s, state](error_code ec) {
-            if (!ec && !state->over) {
-                state->expired = true;
-                s->transport.close();
-            }
+            self->drained();
         });
-        auto handshaken = await_handshake(s->transport);
-        const auto [ec] = co_await std::move(handshaken);
-        state->over = true;
-        if (state->expired)
-            co_return errc::tls_handshake_timeout;
-        co_return ec;
     }
 
-    static asio::awaitable<void> serve(std::shared_ptr<impl> self, std::shared_ptr<session> s)
+    void read()
     {
-        self->report({.what = kind::accepted, .peer = s->peer});
-        if (s->transport.secure()) {
-            s->reading = true; // a stop closes the socket under the handshake, as under a read
-            const error_code ec = co_await self->handshake(s);
-            s->reading = false;
-            if (ec) {
-                self->errors.fetch_add(1, relaxed);
-                self->report({.what = kind::handshake_failed, .peer = s->peer, .error = ec});
-                s->transport.close();
-                self->report({.what = kind::disconnected, .peer = s->peer, .error = ec});
-                co_return;
-            }
-        }
-        mllp::decoder decoder(self->options.max_frame);
-        error_code why;
-        while (!why) {
-            if (s->stop_requested) {
-                why = errc::closed;
-                break;
-            }
-            s->reading = true;
-            auto read = await_read(s->transport);
-            const auto [ec, bytes] = co_await std::move(read);
-            s->reading = false;
-            if (ec) {
-                why = s->stop_requested ? make_error_code(errc::closed) : ec;
-                break;
-            }
-            decoder.feed(bytes);
-            // Frames already read are dropped once stopping: only the one in hand is finished.
-            while (!why && !s->stop_requested) {
-                auto frame = decoder.next();
-                if (!frame)
-                    break;
-                if (*frame) {
-                    why = co_await self->answer(*s, frame->value());
-                } else {
-                    self->errors.fetch_add(1, relaxed);
-                    self->report({.what = kind::bad_frame, .peer = s->peer, .error = frame->error()});
-                }
-            }
-        }
-        s->transport.close();
-        self->report({.what = kind::disconnected, .peer = s->peer, .error = why});
+        ++outstanding_;
+        transport_.async_read_some([self = shared_from_this()](error_code ec, std::string_view bytes) {
+            --self->outstanding_;
+            if (ec)
+                self->step([&] { self->core_->read_failed(ec, now()); });
+            else
+                self->step([&] { self->core_->received(bytes, now()); });
+            self->drained();
+        });
     }
 
-    // Answers one frame; fails only when writing the reply fails.
-    asio::awaitable<error_code> answer(session& s, std::string_view frame)
+    void write(std::string_view bytes)
     {
-        received.fetch_add(1, relaxed);
-        auto parsed = message::parse(frame);
-        std::optional<message> header; // of a frame that does not parse
-        std::string_view control_id;
-        outcome::result<message> reply = errc::not_hl7;
-        if (!parsed) {
-            errors.fetch_add(1, relaxed);
-            header = detail::recover_header(frame);
-            control_id = header ? header->control_id() : std::string_view{};
-            report({.what = kind::unparsable, .peer = s.peer, .control_id = control_id, .error = parsed.error()});
-            if (!header)
-                co_return error_code{};
-            // 100: the header segment, required first, could not be read.
-            const std::string text = parsed.error().message();
-            reply = make_ack(*header, verdict::error, {.text = text, .error_code = 100});
-        } else {
-            const message& msg = parsed.value();
-            control_id = msg.control_id();
-            report({.what = kind::received, .peer = s.peer, .control_id = control_id});
-            std::optional<outcome::result<message>> handled;
+        if (transport_.start_write(bytes)) {
+            core_->written({}, now());
+            return;
+        }
+        ++outstanding_;
+        transport_.async_finish_write([self = shared_from_this()](error_code ec) {
+            --self->outstanding_;
+            self->step([&] { self->core_->written(ec, now()); });
+            self->drained();
+        });
+    }
+
+    // The handler runs in one coroutine per connection, started by the first message and
+    // resumed for each one after: a coroutine spawned per message would cost a trip through
+    // the scheduler each time.
+    void handle(const message& m)
+    {
+        ++outstanding_;
+        in_hand_ = &m;
+        if (!resume_handler()) // not started yet
+            asio::co_spawn(strand, run_handler(weak_from_this()), asio::detached);
+    }
+
+    // Resumes the handler's coroutine when it waits for a message; false when it does not.
+    bool resume_handler()
+    {
+        if (!waiting_)
+            return false;
+        auto resume = std::move(*waiting_); // moved out by construction: never move-assigned
+        waiting_.reset();
+        std::move(resume)();
+        return true;
+    }
+
+    // Suspends the handler's coroutine until handle() or end() resumes it.
+    static asio::awaitable<void> next_message(server_connection* c)
+    {
+        return asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+            [c](auto handler) { c->waiting_.emplace(std::move(handler)); }, asio::use_awaitable);
+    }
+
+    // Runs the handler on each message handed out and gives its result, or what it threw, to
+    // the core. Between messages it holds the connection weakly: the connection holds it,
+    // suspended, and is kept alive meanwhile by the read or write it has outstanding (a
+    // connection with nothing outstanding has ended, which resumes this to finish).
+    static asio::awaitable<void> run_handler(std::weak_ptr<server_connection> weak)
+    {
+        for (;;) {
+            std::shared_ptr<server_connection> self = weak.lock();
+            if (!self || !self->in_hand_)
+                co_return; // the connection ended
+            const message& m = *std::exchange(self->in_hand_, nullptr);
+            // `who` lives in this frame until the handler has finished; the message in the core.
+            const peer_info who{self->peer_, self->core_->client_name()};
+            std::optional<outcome::result<message>> reply;
             std::string failure;
             try {
-                handled = co_await options.handler(msg);
+                // Named before the co_await: GCC 12 may destroy twice a temporary that lives
+                // across one.
+                auto running = self->server_->options.handler(m, who);
+                auto result = co_await std::move(running);
+                reply.emplace(std::move(result));
             } catch (const std::exception& e) {
                 failure = e.what();
             } catch (...) {
                 failure = "unknown exception";
             }
-            if (handled && (*handled || handled->error() == errc::no_ack_requested)) {
-                reply = std::move(*handled);
-            } else {
-                if (handled)
-                    failure = handled->error().message();
-                errors.fetch_add(1, relaxed);
-                report({.what = kind::handler_error, .peer = s.peer, .control_id = control_id, .detail = failure});
-                reply = make_ack(msg, verdict::error, {.error_code = 207, .error_text = failure});
+            --self->outstanding_;
+            if (reply)
+                self->step([&] { self->core_->handled(std::move(*reply), now()); });
+            else
+                self->step([&] { self->core_->handler_threw(std::move(failure), now()); });
+            self->drained();
+            if (self->ended_)
+                co_return;
+            if (self->in_hand_)
+                continue;
+            auto waiting = next_message(self.get());
+            self.reset();
+            co_await std::move(waiting);
+        }
+    }
+
+    void notify(const owned_server_event& e)
+    {
+        if (!server_->options.observer)
+            return;
+        try {
+            server_->options.observer(e.view());
+        } catch (const std::exception& x) {
+            core_->abort(errc::session_failed, std::string("the observer threw: ") + x.what(), now());
+        } catch (...) {
+            core_->abort(errc::session_failed, "the observer threw", now());
+        }
+    }
+
+    void arm(clock::time_point deadline)
+    {
+        if (deadline == clock::time_point::max()) {
+            timer_.cancel();
+            return;
+        }
+        timer_.expires_at(deadline);
+        timer_.async_wait([self = shared_from_this()](error_code ec) {
+            if (!ec)
+                self->step([&] { self->core_->timer_fired(now()); });
+        });
+    }
+
+    // The acceptor counts the connection's TLS handshake as under way from its acceptance
+    // until it is over, however that happens.
+    void release_handshake_slot()
+    {
+        if (std::exchange(handshake_slot_, false))
+            asio::post(server_->strand, [server = server_] { server->handshake_ended(); });
+    }
+
+    void end()
+    {
+        release_handshake_slot();
+        if (std::exchange(ended_, true))
+            return;
+        resume_handler(); // to finish
+        asio::post(server_->strand, [server = server_, it = position, peer = peer_] { server->ended(it, peer); });
+    }
+
+    void fail(const char* what) noexcept
+    {
+        failed_ = true;
+        try {
+            transport_.close();
+            timer_.cancel();
+            server_->shared.stats.errors.fetch_add(1, std::memory_order_relaxed);
+            server_->report({.what = kind::disconnected, .peer = peer_, .error = errc::session_failed, .detail = what});
+        } catch (...) {
+        }
+        drained();
+    }
+
+    // After a failure, the last operation to complete ends the connection.
+    void drained() noexcept
+    {
+        if (failed_ && outstanding_ == 0) {
+            try {
+                end();
+            } catch (...) {
             }
         }
-        // A reply that could not be built (make_ack of a batch without MSH, or of a message that
-    // asks for no acknowledgement) is not sent.
-        if (!reply)
-            co_return error_code{};
-        if (!s.transport.start_write(reply.value().str())) {
-            auto written = await_write(s.transport);
-            const auto [ec] = co_await std::move(written);
-            if (ec)
-                co_return ec;
-        }
-        replied.fetch_add(1, relaxed);
-        report({.what = kind::replied, .peer = s.peer, .control_id = control_id});
-        co_return error_code{};
     }
+
+    std::shared_ptr<server::impl> server_;
+    detail::session transport_;
+    asio::steady_timer timer_;
+    tcp::endpoint peer_;
+    std::optional<session_core> core_;
+    const message* in_hand_ = nullptr; // handed out by the core, not yet taken by the handler's coroutine
+    std::optional<asio::any_completion_handler<void()>> waiting_; // the handler's coroutine, between messages
+    std::size_t outstanding_ = 0; // operations started and not completed, for failures
+    bool handshake_slot_ = server_->tls != nullptr;
+    bool running_ = false;
+    bool failed_ = false;
+    bool ended_ = false;
 };
+
+} // namespace detail
+
+// ---------------------------------------------------------------------------------------
+// the acceptor
+
+void server::impl::report(server_event e) noexcept
+{
+    if (!options.observer)
+        return;
+    try {
+        if (detail::rate_limited(e.what)) {
+            const auto left_out = shared.limiter.admit(e.what, detail::clock::now());
+            if (!left_out)
+                return;
+            e.suppressed = *left_out;
+        }
+        options.observer(e);
+    } catch (...) {
+        // The acceptor goes on whatever the observer does.
+    }
+}
+
+// Counts of events left out that no later event of their kind reported.
+void server::impl::report_suppressed()
+{
+    if (!options.observer)
+        return;
+    for (const auto& [what, count] : shared.limiter.take_suppressed()) {
+        try {
+            options.observer({.what = what, .suppressed = count});
+        } catch (...) {
+        }
+    }
+    if (stopping)
+        return;
+    report_timer.expires_after(detail::event_limiter::default_interval);
+    report_timer.async_wait([self = shared_from_this()](error_code ec) {
+        if (!ec)
+            self->report_suppressed();
+    });
+}
+
+void server::impl::accept()
+{
+    if (stopping || accepting || pausing || !admission.may_accept())
+        return;
+    accepting = true;
+    acceptor.async_accept(detail::make_strand(ex), [self = shared_from_this()](error_code ec, tcp::socket socket) {
+        self->accepted(ec, std::move(socket));
+    });
+}
+
+void server::impl::accepted(error_code ec, tcp::socket socket)
+{
+    accepting = false;
+    if (stopping) {
+        finish_if_stopped();
+        return;
+    }
+    if (ec) {
+        // Out of descriptors or memory, say: pause rather than spin, and say so once.
+        if (!std::exchange(accept_failing, true))
+            report({.what = kind::accept_failed, .error = ec});
+        pausing = true;
+        accept_pause.expires_after(std::chrono::milliseconds(100));
+        accept_pause.async_wait([self = shared_from_this()](error_code) {
+            self->pausing = false;
+            self->accept();
+        });
+        return;
+    }
+    accept_failing = false;
+    try {
+        admit(std::move(socket));
+    } catch (const std::exception& e) {
+        report({.what = kind::accept_failed, .error = errc::session_failed, .detail = e.what()});
+    }
+    accept();
+}
+
+void server::impl::admit(tcp::socket socket)
+{
+    error_code ec;
+    const tcp::endpoint peer = socket.remote_endpoint(ec);
+    if (ec)
+        return; // gone already
+    if (const error_code refused = admission.admit(peer.address())) {
+        shared.stats.hit(refused == errc::source_not_allowed     ? server_limit::allowed_sources
+                         : refused == errc::too_many_connections ? server_limit::max_connections
+                                                                 : server_limit::max_per_source);
+        socket.close(ec);
+        report({.what = kind::refused, .peer = peer, .error = refused});
+        return;
+    }
+    auto c = std::make_shared<detail::server_connection>(shared_from_this(), std::move(socket), peer);
+    c->position = connections.insert(connections.end(), c);
+    shared.stats.connections.fetch_add(1, std::memory_order_relaxed);
+    shared.stats.open.fetch_add(1, std::memory_order_relaxed);
+    if (tls) {
+        admission.handshake_started();
+        if (!admission.may_accept())
+            shared.stats.hit(server_limit::max_handshakes);
+    }
+    asio::post(c->strand, [c] { c->start(); });
+}
+
+void server::impl::ended(std::list<std::weak_ptr<detail::server_connection>>::iterator it, const tcp::endpoint& peer)
+{
+    connections.erase(it);
+    admission.release(peer.address());
+    shared.stats.open.fetch_sub(1, std::memory_order_relaxed);
+    finish_if_stopped();
+}
+
+void server::impl::handshake_ended()
+{
+    admission.handshake_ended();
+    accept();
+}
+
+void server::impl::stop(asio::any_completion_handler<void()> handler)
+{
+    if (handler)
+        waiting.push_back(std::move(handler));
+    if (!stopping) {
+        stopping = true;
+        error_code ignored;
+        acceptor.close(ignored);
+        accept_pause.cancel();
+        report_timer.cancel();
+        for (const auto& weak : connections)
+            if (auto c = weak.lock())
+                asio::post(c->strand, [c] { c->stop(); });
+    }
+    finish_if_stopped();
+}
+
+void server::impl::finish_if_stopped()
+{
+    if (!stopping || accepting || !connections.empty())
+        return;
+    report_suppressed(); // the last counts, now that no connection can add to them
+    for (auto& h : std::exchange(waiting, {}))
+        asio::post(ex, std::move(h));
+}
+
+// ---------------------------------------------------------------------------------------
+// server
 
 outcome::result<server> server::create(executor_type ex, server_options options)
 {
@@ -315,19 +518,28 @@ outcome::result<server> server::create(executor_type ex, server_options options)
     if (ec)
         return errc::invalid_host;
     const tcp::endpoint endpoint{address, options.port};
+    std::vector<detail::network> allowed;
+    for (const std::string& text : options.allowed_sources) {
+        auto n = detail::network::parse(text);
+        if (!n)
+            return n.error();
+        allowed.push_back(n.value());
+    }
     if (!options.handler) {
-        options.handler = [](const message& m) -> asio::awaitable<outcome::result<message>> {
+        options.handler = [](const message& m, const peer_info&) -> asio::awaitable<outcome::result<message>> {
             co_return make_ack(m, verdict::accept);
         };
     }
     std::shared_ptr<asio::ssl::context> tls;
     if (options.tls) {
+        if (!options.tls->allowed_client_names.empty() && options.tls->client_ca_file.empty())
+            return errc::tls_setup_failed;
         auto ctx = detail::make_server_context(*options.tls);
         if (!ctx)
             return ctx.error();
         tls = std::move(ctx).value();
     }
-    auto i = std::make_shared<impl>(std::move(ex), std::move(options), std::move(tls));
+    auto i = std::make_shared<impl>(std::move(ex), std::move(options), std::move(tls), std::move(allowed));
 
     auto& a = i->acceptor;
     a.open(endpoint.protocol(), ec);
@@ -345,9 +557,9 @@ outcome::result<server> server::create(executor_type ex, server_options options)
     if (ec)
         return ec;
 
-    asio::co_spawn(i->strand, impl::accept_loop(i), [i](std::exception_ptr) {
-        i->accepting = false;
-        i->finish_if_stopped();
+    asio::dispatch(i->strand, [i] {
+        i->accept();
+        i->report_suppressed();
     });
     return server{std::move(i)};
 }
@@ -382,8 +594,7 @@ tcp::endpoint server::local_endpoint() const
 
 server_counters server::counters() const noexcept
 {
-    return {impl_->connections.load(relaxed), impl_->received.load(relaxed), impl_->replied.load(relaxed),
-            impl_->errors.load(relaxed)};
+    return impl_->shared.stats.snapshot();
 }
 
 server::executor_type server::get_executor() const noexcept
@@ -394,7 +605,7 @@ server::executor_type server::get_executor() const noexcept
 void server::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
 {
     // Never completes inside the initiating call: the handler reaches the strand by post.
-    asio::post(i->strand, [i, handler = std::move(handler)]() mutable { impl::stop(i, std::move(handler)); });
+    asio::post(i->strand, [i, handler = std::move(handler)]() mutable { i->stop(std::move(handler)); });
 }
 
 } // namespace hl7

@@ -132,4 +132,42 @@ boost::system::error_code name_tls_error(boost::system::error_code ec, SSL* ssl)
     }
 }
 
+std::vector<std::string> peer_certificate_names(SSL* ssl)
+{
+    std::vector<std::string> names;
+    X509* cert = ssl ? SSL_get_peer_certificate(ssl) : nullptr;
+    if (!cert)
+        return names;
+    auto text = [](const ASN1_STRING* s) {
+        return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                           static_cast<std::size_t>(ASN1_STRING_length(s)));
+    };
+    const X509_NAME* subject = X509_get_subject_name(cert);
+    for (int i = X509_NAME_get_index_by_NID(subject, NID_commonName, -1); i >= 0;
+         i = X509_NAME_get_index_by_NID(subject, NID_commonName, i))
+        names.push_back(text(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i))));
+    auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+    for (int i = 0; sans && i < sk_GENERAL_NAME_num(sans); ++i) {
+        const GENERAL_NAME* n = sk_GENERAL_NAME_value(sans, i);
+        if (n->type == GEN_DNS) {
+            names.push_back(text(n->d.dNSName));
+        } else if (n->type == GEN_IPADD) {
+            const ASN1_OCTET_STRING* ip = n->d.iPAddress;
+            const auto* bytes = ASN1_STRING_get0_data(ip);
+            if (ASN1_STRING_length(ip) == 4) {
+                asio::ip::address_v4::bytes_type b;
+                std::copy(bytes, bytes + 4, b.begin());
+                names.push_back(asio::ip::address_v4(b).to_string());
+            } else if (ASN1_STRING_length(ip) == 16) {
+                asio::ip::address_v6::bytes_type b;
+                std::copy(bytes, bytes + 16, b.begin());
+                names.push_back(asio::ip::address_v6(b).to_string());
+            }
+        }
+    }
+    GENERAL_NAMES_free(sans);
+    X509_free(cert);
+    return names;
+}
+
 } // namespace hl7::detail

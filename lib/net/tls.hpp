@@ -11,6 +11,8 @@
 #include <boost/outcome/result.hpp>
 
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace hl7::detail {
 
@@ -29,5 +31,9 @@ void prepare_client(SSL* ssl, const tls_client_options& options, const host& hos
 /// Turns a handshake or TLS read error into one of the library's TLS errors when it is one
 /// of the failures they name; anything else is returned as it is.
 boost::system::error_code name_tls_error(boost::system::error_code ec, SSL* ssl);
+
+/// The names the peer's certificate carries, for authorising a client by name: its subject
+/// CNs, then its subjectAltName DNS names and IP addresses (as text). Empty without one.
+std::vector<std::string> peer_certificate_names(SSL* ssl);
 
 } // namespace hl7::detail

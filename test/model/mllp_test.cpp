@@ -490,6 +490,41 @@ TEST_CASE("a 0x0B inside an unfinished frame is malformed and the frame starting
     }
 }
 
+TEST_CASE("a large buffer is given back after a frame that completes, one that is too large and one cut short")
+{
+    constexpr std::size_t big = std::size_t{1} << 20;
+    const std::string half(big / 2, 'x');
+    auto grown = [&](decoder& d) {
+        CHECK(feed(d, sb + half).empty());
+        CHECK(feed(d, half).empty());
+        CHECK(d.capacity() >= big);
+    };
+    SUBCASE("completed")
+    {
+        decoder d(2 * big);
+        grown(d);
+        CHECK(feed(d, eb + cr).size() == 1);
+        CHECK(feed(d, "noise").empty());
+        CHECK(d.capacity() <= 64 * 1024);
+    }
+    SUBCASE("too large")
+    {
+        decoder d(big + 10);
+        grown(d);
+        CHECK(feed(d, half) == std::vector<event>{errc::frame_too_large});
+        CHECK(d.capacity() <= 64 * 1024);
+        CHECK(d.in_frame()); // still dropping the rest
+    }
+    SUBCASE("cut short by a new start block")
+    {
+        decoder d(2 * big);
+        grown(d);
+        CHECK(feed(d, sb + "MSH|") == std::vector<event>{errc::invalid_frame});
+        CHECK(d.capacity() <= 64 * 1024);
+        CHECK(feed(d, eb) == std::vector<event>{"MSH|"});
+    }
+}
+
 TEST_CASE("in_frame tells whether a frame has started and not yet ended")
 {
     decoder d;

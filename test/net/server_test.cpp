@@ -3,6 +3,7 @@
 #include <hl7/net/server.hpp>
 
 #include "support/async_util.hpp"
+#include "support/server_peers.hpp"
 #include "support/util.hpp"
 
 #include <doctest/doctest.h>
@@ -32,6 +33,10 @@ using asio::ip::tcp;
 using boost::system::error_code;
 using hl7::message;
 using kind = hl7::server_event::kind;
+using hl7::test::event;
+using hl7::test::raw_client;
+using hl7::test::recorded;
+using hl7::test::recorder;
 using namespace std::chrono_literals;
 
 namespace {
@@ -62,145 +67,6 @@ hl7::server start(asio::any_io_executor ex, hl7::server_options options = {})
         FAIL("server::create failed: " << s.error().message());
     return std::move(s).value();
 }
-
-// A client that writes raw bytes and reads frames.
-class raw_client {
-public:
-    static asio::awaitable<raw_client> connect(tcp::endpoint to)
-    {
-        tcp::socket socket(co_await asio::this_coro::executor);
-        co_await socket.async_connect(to, asio::use_awaitable);
-        co_return raw_client(std::move(socket));
-    }
-
-    asio::awaitable<void> write(std::string_view bytes)
-    {
-        co_await asio::async_write(socket_, asio::buffer(bytes), asio::use_awaitable);
-    }
-
-    asio::awaitable<void> send(std::string_view payload)
-    {
-        const std::string frame = framed(payload); // named: see peer.hpp on GCC 12 and temporaries
-        co_await write(frame);
-    }
-
-    // The next frame's payload; fails the test if the connection ends first.
-    asio::awaitable<std::string> read_frame()
-    {
-        while (frames_.empty()) {
-            const error_code ec = co_await read_more();
-            REQUIRE_MESSAGE(!ec, "the connection ended before a frame arrived: " << ec.message());
-        }
-        std::string f = std::move(frames_.front());
-        frames_.pop_front();
-        co_return f;
-    }
-
-    asio::awaitable<message> read_reply()
-    {
-        auto m = message::parse(co_await read_frame());
-        REQUIRE(m.has_value());
-        co_return std::move(m).value();
-    }
-
-    // Reads until the server ends the connection and returns how it ended (eof for a close);
-    // fails the test if a frame arrives instead.
-    asio::awaitable<error_code> read_end()
-    {
-        for (;;) {
-            const error_code ec = co_await read_more();
-            REQUIRE(frames_.empty());
-            if (ec)
-                co_return ec;
-        }
-    }
-
-    tcp::endpoint local_endpoint() const { return socket_.local_endpoint(); }
-
-private:
-    explicit raw_client(tcp::socket socket)
-        : socket_(std::move(socket))
-    {
-    }
-
-    asio::awaitable<error_code> read_more()
-    {
-        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buffer_), asio::as_tuple(asio::use_awaitable));
-        if (ec)
-            co_return ec;
-        decoder_.feed({buffer_.data(), n});
-        while (auto f = decoder_.next()) {
-            REQUIRE_MESSAGE(f->has_value(), "bad frame from the server: " << f->error().message());
-            frames_.emplace_back(f->value());
-        }
-        co_return error_code{};
-    }
-
-    tcp::socket socket_;
-    hl7::mllp::decoder decoder_;
-    std::array<char, 4096> buffer_;
-    std::deque<std::string> frames_;
-};
-
-struct recorded {
-    kind what;
-    tcp::endpoint peer;
-    std::string control_id;
-    error_code error;
-    std::string detail;
-};
-
-// Keeps what the server reports; safe to use from any thread.
-class recorder {
-public:
-    std::function<void(const hl7::server_event&)> observer()
-    {
-        return [this](const hl7::server_event& e) {
-            std::lock_guard lock(mutex_);
-            events_.push_back({e.what, e.peer, std::string(e.control_id), e.error, std::string(e.detail)});
-        };
-    }
-
-    std::vector<recorded> of(kind what)
-    {
-        std::lock_guard lock(mutex_);
-        std::vector<recorded> out;
-        for (const auto& e : events_)
-            if (e.what == what)
-                out.push_back(e);
-        return out;
-    }
-
-private:
-    std::mutex mutex_;
-    std::vector<recorded> events_;
-};
-
-// A one-shot event between coroutines of a single-threaded io_context: a timer that never
-// expires, cancelled to wake whoever waits.
-class event {
-public:
-    explicit event(asio::any_io_executor ex)
-        : timer_(std::move(ex), asio::steady_timer::time_point::max())
-    {
-    }
-
-    void set()
-    {
-        set_ = true;
-        timer_.cancel();
-    }
-
-    asio::awaitable<void> wait()
-    {
-        if (!set_)
-            co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-    }
-
-private:
-    asio::steady_timer timer_;
-    bool set_ = false;
-};
 
 // Stops the server and returns its counters, which are final once the stop has completed.
 asio::awaitable<hl7::server_counters> final_counters(hl7::server& s)
@@ -263,7 +129,8 @@ TEST_CASE("a custom coroutine handler makes the reply")
 {
     on_one_and_two_threads([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        auto server = start(ex, {.handler = [](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [](const message& m, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      // Suspends for real before answering.
                                      auto executor = co_await asio::this_coro::executor;
                                      co_await asio::post(executor, asio::use_awaitable);
@@ -304,7 +171,8 @@ TEST_CASE("connections are served concurrently: one waiting in its handler does 
         auto ex = co_await asio::this_coro::executor;
         event waiting(ex);
         event go(ex);
-        auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      if (m.get("MSH.10") == "WAIT") {
                                          waiting.set();
                                          co_await go.wait();
@@ -449,7 +317,8 @@ TEST_CASE("a handler that throws is answered with AE 207 and reported, and the c
         recorder events;
         auto ex = co_await asio::this_coro::executor;
         auto server = start(ex,
-                            {.handler = [](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+                            {.handler = [](const message& m, const hl7::peer_info&)
+                                 -> asio::awaitable<hl7::outcome::result<message>> {
                                  if (m.get("MSH.10") == "THROW")
                                      throw std::runtime_error("database down");
                                  co_return hl7::make_ack(m, hl7::verdict::accept);
@@ -461,13 +330,17 @@ TEST_CASE("a handler that throws is answered with AE 207 and reported, and the c
         CHECK(ae.get("MSA.1") == "AE");
         CHECK(ae.get("MSA.2") == "THROW");
         CHECK(ae.get("ERR.3.1") == "207");
-        CHECK(ae.get("ERR.8") == "database down");
+        // The peer is not told the server's internals; the observer is.
+        CHECK(ae.get("ERR.8").value().decoded() ==
+              "the message could not be processed; the receiver's log has the details");
+        CHECK_FALSE(ae.get("MSA.3").value().present());
         co_await client.send(adt("FINE"));
         CHECK((co_await client.read_reply()).get("MSA.1") == "AA");
 
         const auto failed = events.of(kind::handler_error);
         REQUIRE(failed.size() == 1);
         CHECK(failed[0].control_id == "THROW");
+        CHECK(failed[0].error == hl7::errc::handler_failed);
         CHECK(failed[0].detail == "database down");
         const auto c = co_await final_counters(server);
         CHECK(c.received == 2);
@@ -577,7 +450,8 @@ TEST_CASE("async_close lets a running handler finish and deliver its reply befor
         auto ex = co_await asio::this_coro::executor;
         recorder events;
         event started(ex);
-        auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      started.set();
                                      co_await hl7::test::sleep_for(200ms);
                                      co_return hl7::make_ack(m, hl7::verdict::accept);
@@ -611,7 +485,8 @@ TEST_CASE("async_close closes a connection whose peer does not read its reply on
         // for a peer that never reads.
         const std::string big = hl7::test::cr("MSH|^~\\&|A|B|C|D|20240101||ACK^A01^ACK|BIG|P|2.5.1\nNTE|1||") +
                                 std::string(16 << 20, 'x') + "\r";
-        auto server = start(ex, {.handler = [&](const message&) -> asio::awaitable<hl7::outcome::result<message>> {
+        auto server = start(ex, {.handler = [&](const message&, const hl7::peer_info&)
+                                     -> asio::awaitable<hl7::outcome::result<message>> {
                                      co_return message::parse(std::string_view(big)).value();
                                  },
                                  .observer = events.observer(),
@@ -747,7 +622,8 @@ TEST_CASE("stopping and destroying a server while a handler is running leaves no
         event started(ex);
         std::optional<raw_client> idle;
         {
-            auto server = start(ex, {.handler = [&](const message& m) -> asio::awaitable<hl7::outcome::result<message>> {
+            auto server = start(ex, {.handler = [&](const message& m, const hl7::peer_info&)
+                                         -> asio::awaitable<hl7::outcome::result<message>> {
                                          started.set();
                                          co_await hl7::test::sleep_for(1h);
                                          co_return hl7::make_ack(m, hl7::verdict::accept);

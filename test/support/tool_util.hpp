@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,15 @@ public:
 private:
     std::filesystem::path path_;
 };
+
+/// The names of the files in `dir`.
+inline std::set<std::string> names_in(const std::filesystem::path& dir)
+{
+    std::set<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(dir))
+        names.insert(entry.path().filename().string());
+    return names;
+}
 
 /// A running `hl7 listen --port 0 ...`, its first line already read.
 class listener {

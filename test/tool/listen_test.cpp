@@ -1,6 +1,7 @@
 // `hl7 listen`: its first line, what it writes for each message, its replies, and its stop.
 #include "support/async_util.hpp"
 #include "support/flat_json.hpp"
+#include "support/server_peers.hpp"
 #include "support/tool_util.hpp"
 #include "support/util.hpp"
 
@@ -8,7 +9,13 @@
 
 #include <doctest/doctest.h>
 
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+
+#include <algorithm>
+#include <array>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -17,6 +24,7 @@
 
 using namespace hl7::test;
 namespace fs = std::filesystem;
+using hl7::test::raw_client;
 
 namespace {
 
@@ -187,4 +195,267 @@ TEST_CASE("listen's AR for a message without MSH-9 carries HL7 error 101 in an E
         co_await conn.close();
     });
     CHECK(l.stop().status == 0);
+}
+
+// --- durable output, backpressure, limits, metrics ------------------------------------------
+
+namespace {
+
+// Runs `script` with bash, "$0" being the hl7 tool.
+child bash(const std::string& script)
+{
+    return child({"/bin/bash", "-c", script, tool()});
+}
+
+// The port of a pipeline's `listening on 127.0.0.1:PORT` line.
+std::string port_of(child& c)
+{
+    auto line = c.read_line(5s);
+    REQUIRE_MESSAGE(line.has_value(), "no first line within 5 s");
+    REQUIRE(line->starts_with("listening on "));
+    return line->substr(line->rfind(':') + 1);
+}
+
+std::size_t count_lines(const std::string& text)
+{
+    return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
+namespace asio = boost::asio;
+
+// A plain HTTP GET of `path` on 127.0.0.1:`port`; the whole response.
+std::string http_get(const std::string& port, const std::string& path)
+{
+    asio::io_context ctx;
+    asio::ip::tcp::socket s(ctx);
+    s.connect({asio::ip::make_address("127.0.0.1"), static_cast<std::uint16_t>(std::stoi(port))});
+    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    asio::write(s, asio::buffer(request));
+    std::string response;
+    boost::system::error_code ec;
+    std::array<char, 4096> buf;
+    for (;;) {
+        const std::size_t n = s.read_some(asio::buffer(buf), ec);
+        response.append(buf.data(), n);
+        if (ec)
+            break;
+    }
+    return response;
+}
+
+} // namespace
+
+TEST_CASE("listen --out numbers on from the files already in the directory, across restarts, and never overwrites")
+{
+    temp_dir tmp;
+    const fs::path dir = tmp.path() / "in";
+    fs::create_directories(dir);
+    tmp.write("in/000007-OLD.hl7", "old");
+    for (const char* id : {"OUT1", "OUT2"}) {
+        listener l({"--out", dir.string()});
+        REQUIRE(send_to(l, small_message(id)).status == 0);
+        CHECK(l.stop().status == 0);
+    }
+    CHECK(names_in(dir) == std::set<std::string>{"000007-OLD.hl7", "000008-OUT1.hl7", "000009-OUT2.hl7"});
+    CHECK(file_bytes(dir / "000007-OLD.hl7") == "old");
+    CHECK(file_bytes(dir / "000009-OUT2.hl7") == small_message("OUT2"));
+}
+
+TEST_CASE("listen --out acknowledges a message once its file is whole under its final name")
+{
+    temp_dir tmp;
+    listener l({"--out", tmp.path().string()});
+    const std::string big = small_message("BIG1") + "NTE|1||" + std::string(1 << 20, 'x') + "\r";
+    REQUIRE(send_to(l, big).status == 0);
+    // The acknowledgement came back: the file is there already, whole, and nothing temporary is left.
+    CHECK(names_in(tmp.path()) == std::set<std::string>{"000001-BIG1.hl7"});
+    CHECK(file_bytes(tmp.path() / "000001-BIG1.hl7") == big);
+    CHECK(l.stop().status == 0);
+}
+
+TEST_CASE("a standard output that is closed ends listen with exit status 1 and a message, not SIGPIPE")
+{
+    // SIGPIPE as a shell gives it (this test process ignores it, and its children would inherit that).
+    auto pipeline = bash("set -o pipefail; env --default-signal=PIPE \"$0\" listen --port 0 | head -n 1");
+    const std::string port = port_of(pipeline);
+    run({tool(), "send", "--port", port}, small_message("PIPE1")); // its record meets the closed pipe
+    const auto r = pipeline.wait(15s);
+    CHECK(!r.timed_out);
+    CHECK(r.status == 1);
+    CHECK(r.err.find("hl7: standard output is closed: stopping\n") != std::string::npos);
+    CHECK(r.err.find("hl7: stopped: ") != std::string::npos);
+}
+
+TEST_CASE("a standard output read slowly delays acknowledgements and loses none")
+{
+    // The reader takes the first line, then reads nothing for two seconds: the pipe fills.
+    auto pipeline = bash("\"$0\" listen --port 0 > >({ read -r first; echo \"$first\"; sleep 2; cat; }) &\n"
+                         "echo \"pid $!\"\n"
+                         "wait $!");
+    std::string port;
+    pid_t listener_pid = 0;
+    for (int i = 0; i < 2; ++i) {
+        auto line = pipeline.read_line(5s);
+        REQUIRE(line.has_value());
+        if (line->starts_with("pid "))
+            listener_pid = std::stoi(line->substr(4));
+        else if (line->starts_with("listening on "))
+            port = line->substr(line->rfind(':') + 1);
+    }
+    REQUIRE(listener_pid > 0);
+    REQUIRE(!port.empty());
+    std::string input;
+    for (int i = 0; i < 40; ++i)
+        input += small_message("SLOW" + std::to_string(i)) + "NTE|1||" + std::string(8 * 1024, 'y') + "\r";
+    const auto sent = run({tool(), "send", "--port", port, "--ack-timeout", "30"}, input);
+    CHECK(sent.status == 0);
+    CHECK(lines(sent.out).size() == 40);
+    ::kill(listener_pid, SIGTERM);
+    const auto r = pipeline.wait(15s);
+    CHECK(r.status == 0);
+    for (int i = 0; i < 40; ++i)
+        CHECK(r.out.find("|SLOW" + std::to_string(i) + "|") != std::string::npos);
+}
+
+TEST_CASE("listen --max-per-source refuses connections beyond it and logs it")
+{
+    listener l({"--max-per-source", "2"});
+    hl7::test::run_async([&]() -> asio::awaitable<void> {
+        const asio::ip::tcp::endpoint at{asio::ip::make_address("127.0.0.1"),
+                                         static_cast<std::uint16_t>(std::stoi(l.port()))};
+        auto a = co_await raw_client::connect(at);
+        auto b = co_await raw_client::connect(at);
+        co_await a.send(small_message("PS1"));
+        co_await a.read_reply();
+        co_await b.send(small_message("PS2"));
+        co_await b.read_reply();
+        for (int i = 0; i < 3; ++i) {
+            auto c = co_await raw_client::connect(at);
+            CHECK(co_await c.read_end());
+        }
+    });
+    const auto r = l.stop();
+    CHECK(r.status == 0);
+    CHECK(count_lines(r.err) == 4); // three refusals and the summary
+    CHECK(r.err.find(": connection refused: the source address holds its maximum of connections\n") !=
+          std::string::npos);
+}
+
+TEST_CASE("listen --idle-timeout closes a connection that sends nothing, and logs why")
+{
+    listener l({"--idle-timeout", "0.2"});
+    hl7::test::run_async([&]() -> asio::awaitable<void> {
+        auto c = co_await raw_client::connect(
+            {asio::ip::make_address("127.0.0.1"), static_cast<std::uint16_t>(std::stoi(l.port()))});
+        CHECK(co_await c.read_end() == asio::error::eof);
+    });
+    const auto r = l.stop();
+    CHECK(r.err.find(": no message within the idle timeout\n") != std::string::npos);
+}
+
+TEST_CASE("listen --allow serves only the networks given")
+{
+    listener l({"--allow", "127.0.0.2/32", "--allow", "192.0.2.0/24"});
+    CHECK(send_to(l, small_message("AL1")).status != 0); // from 127.0.0.1
+    const auto r = l.stop();
+    CHECK(r.err.find(": connection refused: source address not allowed\n") != std::string::npos);
+    CHECK(r.err.find("0 received") != std::string::npos);
+}
+
+TEST_CASE("listen rejects a malformed --allow network and --tls-allow-name without --tls-ca as usage errors")
+{
+    const auto bad_network = run({tool(), "listen", "--port", "0", "--allow", "10.0.0.0/33"});
+    CHECK(bad_network.status == 2);
+    CHECK(bad_network.err.starts_with("hl7: invalid --allow"));
+    const auto no_ca = run({tool(), "listen", "--port", "0", "--tls-cert", "c.pem", "--tls-key", "k.pem",
+                            "--tls-allow-name", "lab"});
+    CHECK(no_ca.status == 2);
+    CHECK(no_ca.err.find("--tls-allow-name needs --tls-ca") != std::string::npos);
+}
+
+TEST_CASE("listen --dedup answers a repeated message with the reply it got the first time, and writes it once")
+{
+    temp_dir tmp;
+    listener l({"--dedup", "--out", tmp.path().string()});
+    hl7::test::run_async([&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto client = hl7::client::create(ex, {.host = "127.0.0.1"}).value();
+        auto conn = client.connect(std::stoi(l.port())).value();
+        std::vector<std::string> acks;
+        for (int i = 0; i < 2; ++i) {
+            auto msg = hl7::message::parse(small_message("DUP1")).value();
+            auto ack = co_await conn.send(std::move(msg));
+            REQUIRE(ack.has_value());
+            acks.emplace_back(ack.value().message().str());
+        }
+        CHECK(acks[0] == acks[1]); // the very same acknowledgement, its own MSH-10 included
+        auto other = hl7::message::parse(small_message("DUP2")).value();
+        CHECK((co_await conn.send(std::move(other))).has_value());
+        co_await client.close();
+    });
+    CHECK(names_in(tmp.path()) == std::set<std::string>{"000001-DUP1.hl7", "000002-DUP2.hl7"});
+    CHECK(l.stop().status == 0);
+}
+
+TEST_CASE("listen --metrics serves the server's counters as Prometheus text at /metrics")
+{
+    listener l({"--metrics", "127.0.0.1:0"});
+    REQUIRE(send_to(l, small_message("MET1")).status == 0);
+    const std::string err = l.process().err();
+    const auto at = err.find("metrics at http://127.0.0.1:");
+    REQUIRE(at != std::string::npos);
+    const std::string port = err.substr(at + 28, err.find('/', at + 28) - at - 28);
+    const std::string body = http_get(port, "/metrics");
+    CHECK(body.starts_with("HTTP/1.1 200"));
+    CHECK(body.find("messaging_client_consumed_messages_total{messaging_system=\"hl7v2\"} 1\n") != std::string::npos);
+    CHECK(body.find("hl7_listen_replies_total{code=\"AA\"} 1\n") != std::string::npos);
+    CHECK(body.find("hl7_listen_connections_accepted_total 1\n") != std::string::npos);
+    CHECK(body.find("hl7_listen_limit_hits_total{limit=\"max_connections\"} 0\n") != std::string::npos);
+    CHECK(body.find("messaging_process_duration_seconds_count{messaging_system=\"hl7v2\"} 1\n") != std::string::npos);
+    CHECK(http_get(port, "/other").starts_with("HTTP/1.1 404"));
+    CHECK(l.stop().status == 0);
+}
+
+TEST_CASE("listen --threads 4 answers concurrent senders, each message once")
+{
+    listener l({"--threads", "4", "--json"});
+    std::vector<std::unique_ptr<child>> senders;
+    for (int s = 0; s < 4; ++s) {
+        senders.push_back(std::make_unique<child>(std::vector<std::string>{tool(), "send", "--port", l.port()}));
+        std::string input;
+        for (int i = 0; i < 20; ++i) {
+            std::string id = "T"; // appended to, not inserted into (a false -Wrestrict of GCC 12)
+            id += std::to_string(s) + "-" + std::to_string(i);
+            input += small_message(id) + "\r";
+        }
+        senders.back()->write(input);
+    }
+    for (auto& s : senders)
+        CHECK(s->wait(20s).status == 0);
+    const auto r = l.stop();
+    CHECK(r.err == "hl7: stopped: 4 connections, 80 received, 80 replied, 0 errors\n");
+    CHECK(lines(r.out).size() == 81);
+}
+
+TEST_CASE("an empty-frame flood leaves a few lines of log, not one per frame")
+{
+    listener l;
+    hl7::test::run_async([&]() -> asio::awaitable<void> {
+        const asio::ip::tcp::endpoint at{asio::ip::make_address("127.0.0.1"),
+                                         static_cast<std::uint16_t>(std::stoi(l.port()))};
+        std::string flood;
+        for (int i = 0; i < 5000; ++i)
+            flood += hl7::mllp::encode("");
+        for (int round = 0; round < 50; ++round) {
+            auto c = co_await raw_client::connect(at);
+            (void)co_await c.try_write(flood);
+            CHECK(co_await c.read_end());
+        }
+    }, 20s);
+    const auto r = l.stop();
+    CHECK(r.status == 0);
+    // 500 bad frames and 50 closed connections: ten lines of each kind and the summary, at most
+    // one more of each per second the flood lasted.
+    CHECK(count_lines(r.err) < 40);
+    CHECK(r.err.find(" more unparsable messages not shown\n") != std::string::npos); // the rest are counted
 }

@@ -56,8 +56,9 @@ outcome::result<std::size_t> encode_into(std::string_view payload, std::span<cha
 /// Memory: a frame that lies wholly inside one chunk is handed out as a view into that
 /// chunk, without copying. A frame split across chunks is gathered in an internal buffer
 /// (at most max_frame bytes), and the view points into that buffer. A buffer that grew past
-/// 64 KiB is released on the next call, so that one large frame does not keep its memory
-/// for the rest of the stream.
+/// 64 KiB is released on the next call, and when a frame is dropped (too large, or cut short
+/// by a new start block), so that one large frame does not keep its memory for the rest of
+/// the stream.
 ///
 /// Thread safety: distinct objects are independent; one object must not be used
 /// concurrently.
@@ -84,10 +85,15 @@ public:
     std::size_t max_frame() const noexcept { return max_frame_; }
     /// Bytes of an unfinished frame held from earlier chunks.
     std::size_t buffered() const noexcept { return partial_.size(); }
+    /// Memory held for them: the capacity of the internal buffer, for a caller that budgets
+    /// memory (it grows geometrically, so it may be up to twice buffered()).
+    std::size_t capacity() const noexcept { return partial_.capacity(); }
 
 private:
     enum class state : std::uint8_t { idle, in_frame, discarding };
     static constexpr std::size_t retained_capacity = std::size_t{64} << 10;
+
+    void release() noexcept;
 
     std::size_t max_frame_;
     state state_ = state::idle;

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <string>
+#include <vector>
 
 namespace hl7 {
 
@@ -48,8 +49,15 @@ struct tls_server_options {
     std::string client_ca_file = {};
     /// OpenSSL cipher list for TLS 1.2. Empty: the defaults.
     std::string ciphers = {};
-    /// Time a client has to complete the handshake.
+    /// Time a client has to complete the handshake, from the connection's acceptance; on
+    /// expiry the connection is closed (errc::tls_handshake_timeout).
     std::chrono::milliseconds handshake_timeout = std::chrono::seconds(10);
+    /// Mutual TLS authorisation (needs client_ca_file): when not empty, a client is let in
+    /// only when its (trusted) certificate carries one of these names as its subject CN or as
+    /// a subjectAltName DNS name or IP address (compared exactly, DNS names and CNs without
+    /// regard to ASCII case; no wildcards). Otherwise its connection is closed right after
+    /// the handshake (errc::tls_client_not_allowed). Empty: every trusted client is let in.
+    std::vector<std::string> allowed_client_names = {};
 };
 
 } // namespace hl7
