@@ -9,6 +9,7 @@
 #include "support/checks.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detached.hpp>
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <future>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -916,4 +918,233 @@ TEST_CASE("destroying a connection handle closes the connection")
         CHECK(client.counters().sent == 1);
         CHECK(client.counters().acknowledged == 1);
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Sends leaving the middle of the pending sends, with handlers counted.
+
+namespace {
+
+// Completions of callback sends, counted per send: a send completes exactly once.
+struct tally {
+    std::mutex mutex;
+    std::map<int, std::vector<boost::system::error_code>> seen;
+
+    auto handler(int n)
+    {
+        {
+            std::lock_guard lock(mutex);
+            seen[n];
+        }
+        return [this, n](boost::system::error_code ec, const hl7::ack&) {
+            std::lock_guard lock(mutex);
+            seen[n].push_back(ec);
+        };
+    }
+    std::size_t done() 
+    {
+        std::lock_guard lock(mutex);
+        return static_cast<std::size_t>(std::count_if(seen.begin(), seen.end(), [](auto& s) { return !s.second.empty(); }));
+    }
+    boost::system::error_code of(int n)
+    {
+        std::lock_guard lock(mutex);
+        REQUIRE(seen[n].size() == 1);
+        return seen[n].front();
+    }
+    void check_each_once()
+    {
+        std::lock_guard lock(mutex);
+        for (auto& [n, ecs] : seen)
+            CHECK_MESSAGE(ecs.size() == 1, "send " << n << " completed " << ecs.size() << " times");
+    }
+    asio::awaitable<void> wait_for(std::size_t n)
+    {
+        for (int i = 0; i < 2000 && done() < n; ++i)
+            co_await sleep_for(5ms);
+        REQUIRE(done() == n);
+    }
+};
+
+} // namespace
+
+TEST_CASE("closing with one message in flight and several queued completes every send once")
+{
+    for (int queued : {1, 2, 5, 50}) {
+        CAPTURE(queued);
+        run_async([queued]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            peer p(ex, [](peer_link& l, std::size_t) { return l.serve(100); });
+            auto client = make_client(ex);
+            auto conn = client.connect(p.port()).value();
+            tally t;
+            for (int i = 0; i <= queued; ++i)
+                conn.async_send(fresh(), t.handler(i));
+            co_await sleep_for(30ms);
+            co_await conn.close();
+            co_await t.wait_for(static_cast<std::size_t>(queued) + 1);
+            t.check_each_once();
+            CHECK_FALSE(t.of(0));
+            for (int i = 1; i <= queued; ++i)
+                CHECK(t.of(i) == errc::closed);
+        });
+    }
+}
+
+namespace {
+
+// A message of about `size` bytes.
+message big_message(std::size_t size)
+{
+    message m = fresh();
+    REQUIRE(m.set("NTE.3", std::string(size, 'x')));
+    return m;
+}
+
+} // namespace
+
+TEST_CASE("an ACK that arrives before the message is fully written never counts as success")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        // The peer answers AA after the first 64 KiB of the message and reads no more.
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            std::string head;
+            while (head.size() < 65536) {
+                auto [ec, n] = co_await l.socket.async_read_some(asio::buffer(l.buffer), asio::as_tuple(asio::use_awaitable));
+                if (ec)
+                    co_return;
+                head.append(l.buffer.data(), n);
+            }
+            auto m = message::parse(std::string_view(head).substr(1, head.find('\r', 1)));
+            const std::string id(m.value().control_id());
+            const std::string ack = peer_link::ack_bytes_for(id);
+            co_await l.write(ack);
+            co_await sleep_for(3s);
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 500ms;
+        options.max_message = std::size_t{64} << 20;
+        auto conn = client.connect(p.port(), options).value();
+        message m = big_message(std::size_t{40} << 20); // more than the socket buffers hold
+        auto r = co_await conn.send(std::move(m));
+        REQUIRE(r.has_error());
+        CHECK(r.error() == errc::ack_timeout);
+        CHECK(conn.counters().acknowledged == 0);
+        co_await conn.close();
+    }, 20s);
+}
+
+TEST_CASE("a throwing observer is contained and every send still completes")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.observer = [](const hl7::connection_event&) { throw std::runtime_error("observer"); };
+        auto conn = client.connect(p.port(), options).value();
+        for (int i = 0; i < 3; ++i)
+            CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a throwing send hook fails that send with hook_failed, unsent")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        auto calls = std::make_shared<int>(0);
+        options.send_hook = [calls](std::string_view s) -> std::string {
+            if ((*calls)++ == 0)
+                throw std::runtime_error("hook");
+            return std::string(s);
+        };
+        auto conn = client.connect(p.port(), options).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::hook_failed);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.received().size() == 1);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a throwing receive hook fails the message in flight with hook_failed and resets the link")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        auto calls = std::make_shared<int>(0);
+        options.receive_hook = [calls](std::string_view s) -> std::string {
+            if ((*calls)++ == 0)
+                throw std::runtime_error("hook");
+            return std::string(s);
+        };
+        auto conn = client.connect(p.port(), options).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::hook_failed);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.accepted() == 2);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a completion handler that throws leaves no other send without its completion")
+{
+    // Completion handlers are dispatched inline from the connection's strand, on the strand
+    // itself (no executor of their own) or on the io_context's executor: one that throws must
+    // not skip those after it, and its exception still leaves io_context::run().
+    for (bool own_executor : {false, true}) {
+        CAPTURE(own_executor);
+        asio::io_context ctx;
+        peer p(ctx.get_executor(), [](peer_link& l, std::size_t) { return l.serve(50); });
+        auto client = make_client(ctx.get_executor());
+        auto conn = client.connect(p.port()).value();
+        std::map<int, int> completed;
+        auto throwing = [&completed](int i) {
+            return [&completed, i](boost::system::error_code, const hl7::ack&) {
+                ++completed[i];
+                throw std::runtime_error("handler");
+            };
+        };
+        for (int i = 0; i < 4; ++i) {
+            if (own_executor)
+                conn.async_send(fresh(), asio::bind_executor(ctx.get_executor(), throwing(i)));
+            else
+                conn.async_send(fresh(), throwing(i));
+        }
+        bool closed = false;
+        asio::steady_timer later(ctx, 20ms);
+        later.async_wait([&](boost::system::error_code) {
+            // One in flight, three queued: close fails the queued ones in one go.
+            conn.async_close([&] { closed = true; });
+        });
+        int escaped = 0;
+        for (int i = 0; i < 200 && !closed; ++i) {
+            try {
+                ctx.run_for(20ms);
+            } catch (const std::exception&) {
+                ++escaped;
+            }
+        }
+        CHECK(closed);
+        CHECK(completed == std::map<int, int>{{0, 1}, {1, 1}, {2, 1}, {3, 1}});
+        CHECK(escaped >= 2); // at least the first of each batch: the queued ones, the one in flight
+        CHECK(conn.state() == hl7::connection_state::closed);
+        // Nothing was left half done: another connection on the same io_context works.
+        bool ok = false;
+        auto again = client.connect(p.port()).value();
+        again.async_send(fresh(), [&](boost::system::error_code ec, const hl7::ack&) { ok = !ec; });
+        for (int i = 0; i < 200 && !ok; ++i)
+            ctx.run_for(10ms);
+        CHECK(ok);
+    }
 }
