@@ -2,7 +2,6 @@
 // carries out what connection_core decides. All of it runs on the connection's strand.
 #include "net/connection_impl.hpp"
 
-#include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -76,16 +75,22 @@ connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t p
 // scheduler per message, and is safe because no public entry point touches the state inline
 // except send, which the core only lets enqueue. A dispatched handler goes straight to its
 // own executor rather than through the strand, which would wrap it once more.
+//
+// The handler's cancellation slot is cleared on the handler's executor, where the application
+// emits its cancellation signal, not here: a signal is not safe to use from two threads at
+// once. A cancellation emitted in between finds the send gone and does nothing.
 template <class Signature, class... Args>
 void connection::impl::complete(asio::any_completion_handler<Signature> handler, asio::any_completion_executor ex,
                                 Args... args)
 {
-    handler.get_cancellation_slot().clear();
-    if (initiating_) {
-        asio::post(strand_, asio::append(std::move(handler), std::move(args)...));
-        return;
-    }
-    asio::dispatch(asio::bind_executor(std::move(ex), asio::append(std::move(handler), std::move(args)...)));
+    auto finish = [h = std::move(handler), ... args = std::move(args)]() mutable {
+        h.get_cancellation_slot().clear();
+        std::move(h)(std::move(args)...);
+    };
+    if (initiating_)
+        asio::post(strand_, asio::bind_executor(std::move(ex), std::move(finish)));
+    else
+        asio::dispatch(asio::bind_executor(std::move(ex), std::move(finish)));
 }
 
 void connection::impl::begin()
