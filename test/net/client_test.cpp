@@ -135,8 +135,8 @@ struct tally {
     void check_each_once()
     {
         std::lock_guard lock(mutex);
-        for (auto& [n, c] : seen)
-            CHECK_MESSAGE(c.size() == 1, "send " << n << " completed " << c.size() << " times");
+        for (const auto& s : seen)
+            CHECK_MESSAGE(s.second.size() == 1, "send " << s.first << " completed " << s.second.size() << " times");
     }
     // Waits until every registered send completed (or a few seconds passed).
     asio::awaitable<void> settle()
