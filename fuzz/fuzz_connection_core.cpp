@@ -13,7 +13,7 @@
 // only of a send not yet completed; at most max_in_flight messages are in flight; the timer is
 // armed no later than the earliest deadline (of each queued message, each message written and
 // not answered, and as the core computes it); nothing is written once close was asked for;
-// each completion is counted once. At the end, after an immediate close, every send has
+// each completion is counted once; a reconnection is scheduled within [0, reconnect.max]. At the end, after an immediate close, every send has
 // completed exactly once.
 #include "core/connection_core.hpp"
 
@@ -192,6 +192,13 @@ private:
             case action::kind::write: on_write(a); break;
             case action::kind::complete: on_complete(a); break;
             case action::kind::arm_timer: armed_ = a.deadline(); break;
+            case action::kind::notify:
+                if (a.event().what == hl7::connection_event::kind::reconnect_scheduled) {
+                    // Backoff, jitter included, within [0, max].
+                    check(a.event().delay >= clock_type::duration::zero());
+                    check(a.event().delay <= options_.reconnect.max);
+                }
+                break;
             case action::kind::close_socket:
                 if (a.link() == writing_link_)
                     writing_.reset(); // its write's report will be stale
