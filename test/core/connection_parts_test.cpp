@@ -244,12 +244,12 @@ TEST_CASE("the window remembers at least the last window's worth of finished con
     detail::flight_window w(4);
     const auto t = core_clock::time_point{} + 1h;
     for (int i = 0; i < 30; ++i) {
-        w.start(static_cast<std::uint64_t>(i), "C" + std::to_string(i), t, t + 1s);
+        w.start(static_cast<std::uint64_t>(i), harness::cid(static_cast<std::uint64_t>(i)), t, t + 1s);
         w.wrote();
         w.take(w.oldest());
     }
     for (int i = 30 - 12; i < 30; ++i)
-        CHECK(w.recently_finished("C" + std::to_string(i)));
+        CHECK(w.recently_finished(harness::cid(static_cast<std::uint64_t>(i))));
     CHECK_FALSE(w.recently_finished("C0"));
 }
 
