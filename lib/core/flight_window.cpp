@@ -4,11 +4,20 @@
 
 namespace hl7::detail {
 
+namespace {
+
+// Storage is sized by the window, up to this: a window set absurdly large must not allocate
+// for it up front.
+constexpr std::size_t sized_up_to = 1024;
+
+} // namespace
+
 // The ring of finished ids covers the last window and a few before it: late ACKs come from
 // the messages that finished just before, in whatever order the peer answers.
 flight_window::flight_window(std::size_t limit)
-    : limit_(std::max<std::size_t>(1, limit)), recent_(limit_ + 8)
+    : limit_(std::max<std::size_t>(1, limit)), recent_(std::min(limit_, sized_up_to) + 8)
 {
+    flights_.reserve(std::min(limit_, sized_up_to));
 }
 
 bool flight_window::awaited() const noexcept
@@ -78,10 +87,11 @@ flight_window::flight flight_window::take(const flight& f)
     return out;
 }
 
-std::deque<flight_window::flight> flight_window::take_all()
+std::vector<flight_window::flight> flight_window::take_all()
 {
-    std::deque<flight> out = std::move(flights_);
+    std::vector<flight> out = std::move(flights_);
     flights_.clear();
+    flights_.reserve(std::min(limit_, sized_up_to));
     for (const flight& f : out)
         remember(f.control_id);
     return out;

@@ -7,7 +7,6 @@
 
 #include <hl7/model/ack.hpp>
 
-#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -46,7 +45,7 @@ public:
     /// How many flights, from the oldest, have their deadline passed at `now`.
     std::size_t expired(clock::time_point now) const noexcept;
     const flight& oldest() const { return flights_.front(); }
-    const std::deque<flight>& flights() const noexcept { return flights_; }
+    const std::vector<flight>& flights() const noexcept { return flights_; }
 
     /// A flight whose write starts now (requires !writing() and !full()).
     void start(send_id id, std::string control_id, clock::time_point now, clock::time_point deadline);
@@ -54,12 +53,12 @@ public:
     flight& wrote();
     /// Marks the flight of `id` abandoned; false when it is not in flight or already was.
     bool abandon(send_id id) noexcept;
-    /// The flight whose control id is `control_id`, or nullptr.
+    /// The flight whose control id is `control_id`, or nullptr. Valid until the next start().
     flight* find(std::string_view control_id) noexcept;
     /// Removes `f`, remembering its control id.
     flight take(const flight& f);
     /// Removes every flight, oldest first, remembering their control ids.
-    std::deque<flight> take_all();
+    std::vector<flight> take_all();
 
     /// Whether `control_id` is that of a message that finished lately.
     bool recently_finished(std::string_view control_id) const noexcept;
@@ -68,7 +67,10 @@ private:
     void remember(const std::string& control_id);
 
     std::size_t limit_;
-    std::deque<flight> flights_;
+    // A vector, not a deque: it keeps its storage from one message to the next, where a deque
+    // of entries this large would allocate a block for nearly every one. The window is small,
+    // so removing from its middle is cheap, and a flight holds no completion handler.
+    std::vector<flight> flights_;
     std::vector<std::string> recent_; // a ring of control ids
     std::size_t recent_next_ = 0;
 };

@@ -114,14 +114,14 @@ struct connection_event {
                              ///< invalid_frame) or the receive hook threw on it (hook_failed)
         closed,              ///< the connection is closed for good
     };
-    kind what;
-    std::uint32_t attempt = 0;
-    std::chrono::milliseconds delay{};
-    boost::system::error_code error{};
-    std::string_view control_id{};
-    hl7::ack_code code = hl7::ack_code::AA;
-    std::chrono::microseconds round_trip{};
-    boost::asio::ip::tcp::endpoint endpoint{};
+    kind what;                                ///< what happened; the members below are set as it says
+    std::uint32_t attempt = 0;                ///< connecting, reconnect_scheduled, gave_up
+    std::chrono::milliseconds delay{};        ///< reconnect_scheduled
+    boost::system::error_code error{};        ///< disconnected, reconnect_scheduled, gave_up, discarded
+    std::string_view control_id{};            ///< sent, acknowledged, timed_out: the message's MSH-10
+    hl7::ack_code code = hl7::ack_code::AA;   ///< acknowledged: MSA-1
+    std::chrono::microseconds round_trip{};   ///< acknowledged: from the start of the write to the ACK
+    boost::asio::ip::tcp::endpoint endpoint{}; ///< connected: the peer's address
 };
 
 /// The name of an event kind, as spelled in connection_event::kind ("connecting", "gave_up"...).
@@ -259,8 +259,12 @@ public:
     using executor_type = boost::asio::any_io_executor;
     using send_signature = void(boost::system::error_code, hl7::ack);
 
-    connection(connection&&) noexcept;
-    connection& operator=(connection&&) noexcept;
+    /// Takes over `other`'s connection; `other` is left empty (only destruction and assignment
+    /// are allowed on it).
+    connection(connection&& other) noexcept;
+    /// Closes this handle's connection gracefully (without waiting), then takes over `other`'s.
+    connection& operator=(connection&& other) noexcept;
+    /// Closes the connection gracefully, without waiting (see Lifetime above).
     ~connection();
 
     /// Sends `msg` and waits for its acknowledgement.
@@ -393,8 +397,10 @@ public:
     /// by GCC 12 (see the top of this header).
     static outcome::result<client> create(executor_type ex, client_options options);
 
-    client(client&&) noexcept;
-    client& operator=(client&&) noexcept;
+    /// Takes over `other`'s host and connections list; `other` is left empty.
+    client(client&& other) noexcept;
+    client& operator=(client&& other) noexcept;
+    /// Leaves the connections open: each connection handle owns its connection.
     ~client();
 
     /// A new, independent connection to `port` with the client's default options.
