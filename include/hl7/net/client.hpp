@@ -236,7 +236,8 @@ class client;
 /// oldest with errc::frame_too_large; and, in each case, the others with
 /// errc::connection_lost. A lost link fails them all with errc::connection_lost, or with the
 /// reason when the server refused our TLS certificate after the handshake (as TLS 1.3 servers
-/// do), which also counts as a failed connection attempt.
+/// do), which also counts as a failed connection attempt; those are not in doubt, since the
+/// server refused the connection before reading what came on it.
 ///
 /// User code called by the connection: the hooks and the observer run on the strand (see
 /// connection_options for what their exceptions do). A completion handler that throws
@@ -280,10 +281,10 @@ public:
     ///     operation_aborted (cancelled while queued);
     ///   - after it started being written (in doubt, see hl7::in_doubt): errc::ack_timeout,
     ///     errc::connection_lost, errc::ack_mismatch, errc::invalid_ack,
-    ///     errc::frame_too_large, errc::hook_failed (the receive hook threw),
-    ///     errc::tls_no_client_certificate, tls_untrusted_certificate or
-    ///     tls_certificate_expired (the server refused our certificate after the handshake),
-    ///     operation_aborted (abandoned by terminal cancellation).
+    ///     errc::frame_too_large, errc::hook_failed (the receive hook threw), operation_aborted
+    ///     (abandoned by terminal cancellation: the caller takes the doubt upon itself);
+    ///   - errc::tls_no_client_certificate, tls_untrusted_certificate or tls_certificate_expired:
+    ///     the server refused our certificate after the handshake, before reading the message.
     ///
     /// Cancellation (per-operation, via the token's cancellation slot): while the message
     /// is queued, any cancellation type removes it unsent (operation_aborted). Once it is
