@@ -48,6 +48,9 @@ bool report(const char* feed, const hl7::message& sent, const hl7::outcome::resu
 
 asio::awaitable<int> run(std::string host, int adt_port, int oru_port, std::string samples)
 {
+    // The executor is named before it is used: GCC 12 destroys twice a class temporary (such as
+    // the braced client_options below) that shares a full expression with a co_await, so
+    // `hl7::client::create(co_await asio::this_coro::executor, {...})` crashes there.
     auto ex = co_await asio::this_coro::executor;
     hl7::connection_options options;
     options.connect_timeout = 5s;
@@ -67,6 +70,7 @@ asio::awaitable<int> run(std::string host, int adt_port, int oru_port, std::stri
 
     const hl7::message admission = load(samples + "/adt_a01.hl7");
     const hl7::message results = load(samples + "/oru_r01.hl7");
+    // Each result named, each argument a named value: nothing temporary lives across a co_await.
     const auto adt_ack = co_await adt.value().send(admission);
     const auto oru_ack = co_await oru.value().send(results);
     const bool adt_ok = report("ADT", admission, adt_ack);

@@ -3,114 +3,64 @@
 #include <boost/asio/error.hpp>
 
 #include <algorithm>
-#include <cmath>
+#include <exception>
 #include <utility>
 
 namespace hl7::detail {
 
-// ---------------------------------------------------------------------------------------
-// backoff, counters, events
+namespace {
 
-backoff::backoff(const reconnect_policy& policy, std::uint64_t seed)
-    : policy_(policy), rng_(seed)
+bool refused_certificate(const boost::system::error_code& ec) noexcept
 {
+    return ec == errc::tls_no_client_certificate || ec == errc::tls_untrusted_certificate ||
+           ec == errc::tls_certificate_expired;
 }
 
-clock::duration backoff::delay(std::uint32_t failures)
+std::chrono::microseconds since(clock::time_point start, clock::time_point now)
 {
-    using ms = std::chrono::duration<double, std::milli>;
-    const double initial = static_cast<double>(policy_.initial.count());
-    const double cap = static_cast<double>(policy_.max.count());
-    const double factor = std::max(1.0, policy_.factor);
-    const double exponent = failures > 1 ? static_cast<double>(failures - 1) : 0.0;
-    double d = std::min(cap, initial * std::pow(factor, exponent));
-    const double jitter = std::clamp(policy_.jitter, 0.0, 1.0);
-    if (jitter > 0) {
-        std::uniform_real_distribution<double> spread(-jitter, jitter);
-        d *= 1.0 + spread(rng_);
-    }
-    return std::chrono::duration_cast<clock::duration>(ms(std::max(0.0, d)));
+    return std::chrono::duration_cast<std::chrono::microseconds>(now - start);
 }
 
-connection_counters counter_block::snapshot() const noexcept
-{
-    constexpr auto r = std::memory_order_relaxed;
-    return {sent.load(r),   acknowledged.load(r), rejected.load(r), timed_out.load(r),
-            failed.load(r), reconnects.load(r),   queued.load(r),   discarded.load(r)};
-}
+} // namespace
 
-void add(connection_counters& total, const connection_counters& more) noexcept
-{
-    total.sent += more.sent;
-    total.acknowledged += more.acknowledged;
-    total.rejected += more.rejected;
-    total.timed_out += more.timed_out;
-    total.failed += more.failed;
-    total.reconnects += more.reconnects;
-    total.queued += more.queued;
-    total.discarded += more.discarded;
-}
-
-connection_event owned_event::view() const
-{
-    using namespace std::chrono;
-    return connection_event{what,
-                 attempt,
-                 duration_cast<milliseconds>(delay),
-                 error,
-                 control_id,
-                 code,
-                 duration_cast<microseconds>(round_trip),
-                 endpoint};
-}
-
-// ---------------------------------------------------------------------------------------
-// connection_core
-
-connection_core::connection_core(const connection_options& options, counter_block& counters, std::uint64_t seed)
+connection_core::connection_core(const connection_options& options, counter_block& counters, status_block& status,
+                                 std::uint64_t seed)
     : options_(options),
       counters_(counters),
-      backoff_(options.reconnect, seed),
-      state_(connection_state::idle),
+      out_(static_cast<bool>(options.observer)),
+      link_(options, counters, status, seed),
+      queue_(options.queue_limit, counters),
+      window_(options.max_in_flight),
       decoder_(options.max_frame)
 {
 }
 
-bool connection_core::next(action& out)
+clock::time_point connection_core::earliest_deadline() const noexcept
 {
-    if (taken_ == actions_.size()) {
-        actions_.clear(); // keeps the capacity: no allocation per message
-        taken_ = 0;
-        return false;
-    }
-    out = std::move(actions_[taken_++]);
-    return true;
+    return std::min({link_.deadline(), window_.deadline(), queue_.deadline()});
 }
 
 void connection_core::start(clock::time_point now)
 {
-    if (state_ == connection_state::idle || state_ == connection_state::failed) {
-        failures_ = 0;
-        begin_connect(now);
-        rearm();
-    }
+    link_.start(now, out_);
+    rearm();
 }
 
 void connection_core::send(send_id id, std::string control_id, clock::time_point now)
 {
-    if (state_ == connection_state::closing || state_ == connection_state::closed)
-        complete(id, errc::closed);
-    else if (state_ == connection_state::failed)
-        complete(id, errc::not_connected);
-    else if (queue_.size() >= options_.queue_limit)
-        complete(id, errc::queue_full);
-    else {
-        const auto deadline =
-            options_.queue_timeout.count() > 0 ? now + options_.queue_timeout : clock::time_point::max();
-        queue_.push_back({id, std::move(control_id), deadline});
-        counters_.queued.fetch_add(1, std::memory_order_relaxed);
-        if (state_ == connection_state::idle)
-            begin_connect(now);
+    switch (link_.state()) {
+    case connection_state::closing:
+    case connection_state::closed: complete(id, errc::closed); break;
+    case connection_state::failed: complete(id, errc::not_connected); break;
+    default:
+        if (queue_.full()) {
+            complete(id, errc::queue_full);
+            break;
+        }
+        queue_.push(id, std::move(control_id), options_.queue_timeout.count() > 0 ? after(now, options_.queue_timeout)
+                                                                                   : clock::time_point::max());
+        if (link_.state() == connection_state::idle)
+            link_.start(now, out_);
         try_write(now);
     }
     rearm();
@@ -118,89 +68,79 @@ void connection_core::send(send_id id, std::string control_id, clock::time_point
 
 void connection_core::cancel(send_id id, bool terminal, clock::time_point now)
 {
-    const auto it = std::find_if(queue_.begin(), queue_.end(), [id](const queued_send& q) { return q.id == id; });
-    if (it != queue_.end()) {
-        queue_.erase(it);
-        counters_.queued.fetch_sub(1, std::memory_order_relaxed);
+    if (queue_.remove(id)) {
         complete(id, boost::asio::error::operation_aborted);
-    } else if (terminal && inflight_ && inflight_->id == id && !inflight_->abandoned) {
+        try_write(now); // it may have held back a message with the same MSH-10 as one in flight
+    } else if (terminal && window_.abandon(id)) {
         // The message is on the wire: its ACK must still be consumed, so the flight stays.
-        inflight_->abandoned = true;
         complete(id, boost::asio::error::operation_aborted);
+        close_when_done();
     }
-    (void)now;
     rearm();
 }
 
-void connection_core::close(clock::time_point now)
+void connection_core::close(close_mode mode, clock::time_point now)
 {
     (void)now;
-    switch (state_) {
-    case connection_state::closed:
-        actions_.push_back({action::kind::closed});
+    const connection_state s = link_.state();
+    if (s == connection_state::closed || (s == connection_state::closing && mode == close_mode::graceful)) {
+        if (s == connection_state::closed)
+            out_.push(action::closed());
         return;
-    case connection_state::closing:
-        return;
-    default:
-        break;
     }
-    fail_queue(errc::closed);
-    if (inflight_ && state_ == connection_state::connected) {
-        state_ = connection_state::closing; // the message in flight gets its ACK or times out first
+    queue_.clear([this](send_id id) { complete(id, errc::closed); });
+    if (mode == close_mode::immediate) {
+        // Written and unanswered: the peer may have the message, so it is in doubt.
+        for (const auto& f : window_.take_all())
+            if (!f.abandoned)
+                complete(f.id, errc::connection_lost);
+        link_.close(out_);
+    } else if (link_.up() && window_.awaited()) {
+        link_.begin_closing(); // the messages in flight get their ACKs or time out first
     } else {
-        finish_close();
+        window_.take_all(); // only abandoned ones, if any: nobody waits for their ACKs
+        link_.close(out_);
     }
     rearm();
 }
 
 void connection_core::handshaking(std::uint64_t link, clock::time_point now)
 {
-    if (link != link_ || state_ != connection_state::connecting || !options_.tls)
-        return;
-    handshaking_ = true;
-    deadline_ = now + options_.tls->handshake_timeout;
+    link_.handshaking(link, now);
     rearm();
 }
 
 void connection_core::connected(std::uint64_t link, const boost::asio::ip::tcp::endpoint& peer, clock::time_point now)
 {
-    if (link != link_ || state_ != connection_state::connecting)
-        return;
-    state_ = connection_state::connected;
-    failures_before_connect_ = std::exchange(failures_, 0);
-    if (ever_connected_)
-        counters_.reconnects.fetch_add(1, std::memory_order_relaxed);
-    ever_connected_ = true;
-    decoder_ = mllp::decoder(options_.max_frame);
-    owned_event ev{connection_event::kind::connected};
-    ev.endpoint = peer;
-    notify(std::move(ev));
-    try_write(now);
+    if (link_.connected(link, peer, now, out_)) {
+        decoder_ = mllp::decoder(options_.max_frame);
+        try_write(now);
+    }
     rearm();
 }
 
 void connection_core::connect_failed(std::uint64_t link, boost::system::error_code ec, clock::time_point now)
 {
-    if (link != link_ || state_ != connection_state::connecting)
-        return;
-    actions_.push_back({action::kind::close_socket, link_});
-    retry_or_give_up(ec, now);
+    if (link_.attempt_failed(link, ec, now, out_))
+        gave_up();
     rearm();
 }
 
 void connection_core::written(std::uint64_t link, boost::system::error_code ec, clock::time_point now)
 {
-    if (link != link_ || !write_pending_)
+    if (link != link_.id() || !window_.writing())
         return;
-    write_pending_ = false;
+    flight_window::flight& f = window_.wrote();
     if (ec) {
-        link_lost(ec, now);
+        lose(ec, 0, {}, now);
     } else {
         counters_.sent.fetch_add(1, std::memory_order_relaxed);
-        if (inflight_) {
-            owned_event ev{connection_event::kind::sent};
-            ev.control_id = inflight_->control_id;
-            notify(std::move(ev));
+        out_.notify(owned_event::sent(f.control_id));
+        // An ACK can be read before the write's completion is reported, even when the peer
+        // got the whole message; only now, with the whole frame written, may it count.
+        if (f.held) {
+            hl7::ack held = std::move(*f.held);
+            answer(f, std::move(held));
         }
         try_write(now);
     }
@@ -209,7 +149,7 @@ void connection_core::written(std::uint64_t link, boost::system::error_code ec, 
 
 void connection_core::received(std::uint64_t link, std::string_view bytes, clock::time_point now)
 {
-    if (link != link_ || (state_ != connection_state::connected && state_ != connection_state::closing))
+    if (link != link_.id() || !link_.up())
         return;
     decoder_.feed(bytes);
     while (auto frame = decoder_.next()) {
@@ -219,16 +159,12 @@ void connection_core::received(std::uint64_t link, std::string_view bytes, clock
             continue;
         }
         const boost::system::error_code ec = frame->error();
-        if (ec == errc::frame_too_large && inflight_) {
+        if (ec == errc::frame_too_large && !window_.empty()) {
             // The reply was dropped unread: fail the message rather than wait for a timeout.
-            finish_flight(ec);
-            link_lost(ec, now);
+            lose(ec, 1, ec, now);
             break;
         }
-        counters_.discarded.fetch_add(1, std::memory_order_relaxed);
-        owned_event ev{connection_event::kind::discarded};
-        ev.error = ec;
-        notify(std::move(ev));
+        discard(ec);
     }
     // Writing the next message only now, after every frame of these bytes was handled,
     // keeps a stray frame that came with the last ACK from answering the next message.
@@ -238,267 +174,162 @@ void connection_core::received(std::uint64_t link, std::string_view bytes, clock
 
 void connection_core::read_failed(std::uint64_t link, boost::system::error_code ec, clock::time_point now)
 {
-    if (link != link_)
+    if (link != link_.id() || !link_.up())
         return;
-    link_lost(ec, now);
+    if (refused_certificate(ec))
+        lose(ec, window_.size(), ec, now); // the reason the messages failed
+    else
+        lose(ec, 0, {}, now);
     rearm();
 }
 
 void connection_core::timer_fired(clock::time_point now)
 {
-    armed_ = clock::time_point::max();
-    if (state_ == connection_state::connecting && now >= deadline_) {
-        actions_.push_back({action::kind::close_socket, link_});
-        retry_or_give_up(handshaking_ ? errc::tls_handshake_timeout : errc::connect_timeout, now);
-    } else if (state_ == connection_state::backing_off && now >= deadline_) {
-        begin_connect(now);
-    }
-    if (inflight_ && now >= inflight_->deadline) {
-        counters_.timed_out.fetch_add(1, std::memory_order_relaxed);
-        owned_event ev{connection_event::kind::timed_out};
-        ev.control_id = inflight_->control_id;
-        notify(std::move(ev));
-        finish_flight(errc::ack_timeout);
+    timer_.fired();
+    if (link_.timer_fired(now, out_))
+        gave_up();
+    if (const std::size_t n = window_.expired(now); n > 0) {
+        for (std::size_t i = 0; i < n; ++i)
+            out_.notify(owned_event::timed_out(window_.flights()[i].control_id));
         // Reset the link so that a late ACK can never be read as the answer to the next message.
-        link_lost(errc::ack_timeout, now);
+        lose(errc::ack_timeout, n, errc::ack_timeout, now);
     }
-    while (!queue_.empty() && now >= queue_.front().deadline) {
-        const send_id id = queue_.front().id;
-        queue_.pop_front();
-        counters_.queued.fetch_sub(1, std::memory_order_relaxed);
-        complete(id, errc::queue_timeout);
-    }
+    queue_.expire(now, [this](send_id id) { complete(id, errc::queue_timeout); });
     rearm();
 }
 
 // ---------------------------------------------------------------------------------------
 
-void connection_core::begin_connect(clock::time_point now)
-{
-    state_ = connection_state::connecting;
-    ++link_;
-    handshaking_ = false;
-    deadline_ = now + options_.connect_timeout;
-    owned_event ev{connection_event::kind::connecting};
-    ev.attempt = failures_ + 1;
-    notify(std::move(ev));
-    action a{action::kind::connect, link_};
-    a.attempt = failures_ + 1;
-    actions_.push_back(std::move(a));
-}
-
-void connection_core::retry_or_give_up(boost::system::error_code ec, clock::time_point now)
-{
-    ++failures_;
-    last_error_ = ec;
-    if (options_.reconnect.max_attempts != 0 && failures_ >= options_.reconnect.max_attempts) {
-        state_ = connection_state::failed;
-        deadline_ = clock::time_point::max();
-        owned_event ev{connection_event::kind::gave_up};
-        ev.attempt = failures_;
-        ev.error = ec;
-        notify(std::move(ev));
-        fail_queue(errc::not_connected);
-        disarm();
-        return;
-    }
-    state_ = connection_state::backing_off;
-    const clock::duration d = backoff_.delay(failures_);
-    deadline_ = now + d;
-    owned_event ev{connection_event::kind::reconnect_scheduled};
-    ev.attempt = failures_ + 1;
-    ev.delay = d;
-    ev.error = ec;
-    notify(std::move(ev));
-}
-
-void connection_core::link_lost(boost::system::error_code ec, clock::time_point now)
-{
-    if (state_ != connection_state::connected && state_ != connection_state::closing)
-        return;
-    actions_.push_back({action::kind::close_socket, link_});
-    write_pending_ = false;
-    owned_event lost{connection_event::kind::disconnected};
-    lost.error = ec;
-    notify(std::move(lost));
-    // Under TLS 1.3 a server's verdict on our certificate comes after the handshake, with its
-    // first records: such a refusal is the reason the message failed, and it makes the
-    // attempt a failed one, as a refusal during the handshake does, so that a connection
-    // whose certificate is refused gives up after the maximum attempts.
-    const bool refused = ec == errc::tls_no_client_certificate || ec == errc::tls_untrusted_certificate ||
-                         ec == errc::tls_certificate_expired;
-    if (inflight_)
-        finish_flight(refused ? ec : make_error_code(errc::connection_lost));
-    if (state_ == connection_state::closing) {
-        finish_close();
-        return;
-    }
-    ++link_; // whatever the old socket still reports is stale
-    if (refused) {
-        failures_ = failures_before_connect_;
-        retry_or_give_up(ec, now);
-        return;
-    }
-    state_ = connection_state::backing_off;
-    const clock::duration d = backoff_.delay(0);
-    deadline_ = now + d;
-    owned_event ev{connection_event::kind::reconnect_scheduled};
-    ev.attempt = 1;
-    ev.delay = d;
-    ev.error = ec;
-    notify(std::move(ev));
-}
-
-void connection_core::finish_close()
-{
-    if (state_ == connection_state::connected || state_ == connection_state::connecting || state_ == connection_state::closing)
-        actions_.push_back({action::kind::close_socket, link_});
-    ++link_;
-    state_ = connection_state::closed;
-    deadline_ = clock::time_point::max();
-    write_pending_ = false;
-    notify(owned_event{connection_event::kind::closed});
-    disarm();
-    actions_.push_back({action::kind::closed});
-}
-
 void connection_core::try_write(clock::time_point now)
 {
-    if (state_ != connection_state::connected || inflight_ || write_pending_ || queue_.empty())
+    if (link_.state() != connection_state::connected || window_.writing() || window_.full() || queue_.empty())
         return;
-    queued_send next = std::move(queue_.front());
-    queue_.pop_front();
-    counters_.queued.fetch_sub(1, std::memory_order_relaxed);
-    inflight_ = flight{next.id, std::move(next.control_id), now, now + options_.ack_timeout};
-    write_pending_ = true;
-    action a{action::kind::write, link_};
-    a.id = next.id;
-    actions_.push_back(std::move(a));
+    // Two messages with one MSH-10 in flight at once could not be told apart by their ACKs.
+    if (window_.holds(queue_.front().control_id))
+        return;
+    send_queue::entry e = queue_.pop();
+    window_.start(e.id, std::move(e.control_id), now, after(now, options_.ack_timeout));
+    out_.push(action::write(link_.id(), e.id));
 }
 
 // Returns false when the frame made the link reset.
 bool connection_core::on_frame(std::string_view payload, clock::time_point now)
 {
-    const std::string hooked = options_.receive_hook ? options_.receive_hook(payload) : std::string();
-    const std::string_view text = options_.receive_hook ? std::string_view(hooked) : payload;
-
-    auto discard = [&] {
-        counters_.discarded.fetch_add(1, std::memory_order_relaxed);
-        notify(owned_event{connection_event::kind::discarded});
-    };
-    if (!inflight_) {
-        discard();
+    std::string hooked;
+    std::string_view text = payload;
+    if (options_.receive_hook) {
+        try {
+            hooked = options_.receive_hook(payload);
+        } catch (...) {
+            if (window_.empty()) {
+                discard(errc::hook_failed);
+                return true;
+            }
+            lose(errc::hook_failed, 1, errc::hook_failed, now); // the reply cannot be read
+            return false;
+        }
+        text = hooked;
+    }
+    if (window_.empty()) {
+        discard({});
         return true;
     }
+    // Read with the oldest message's round trip: the peer answers in order, nearly always.
     auto parsed = message::parse(text);
-    auto reply = parsed ? ack::read(std::move(parsed).value(), std::chrono::duration_cast<std::chrono::microseconds>(
-                                                                     now - inflight_->started))
+    auto reply = parsed ? ack::read(std::move(parsed).value(), since(window_.oldest().started, now))
                         : outcome::result<ack>(errc::invalid_ack);
     if (!reply) {
-        finish_flight(errc::invalid_ack);
-        link_lost(errc::invalid_ack, now);
+        lose(errc::invalid_ack, 1, errc::invalid_ack, now);
         return false;
     }
-    if (reply.value().control_id() != inflight_->control_id) {
-        if (recently_finished(reply.value().control_id())) {
-            discard(); // a late or repeated ACK of an earlier message
+    flight_window::flight* f = window_.find(reply.value().control_id());
+    if (!f) {
+        if (window_.recently_finished(reply.value().control_id())) {
+            discard({}); // a late or repeated ACK of an earlier message
             return true;
         }
-        finish_flight(errc::ack_mismatch);
-        link_lost(errc::ack_mismatch, now);
+        lose(errc::ack_mismatch, 1, errc::ack_mismatch, now);
         return false;
     }
-    (reply.value().accepted() ? counters_.acknowledged : counters_.rejected).fetch_add(1, std::memory_order_relaxed);
-    owned_event ev{connection_event::kind::acknowledged};
-    ev.control_id = inflight_->control_id;
-    ev.code = reply.value().code();
-    ev.round_trip = now - inflight_->started;
-    notify(std::move(ev));
-    finish_flight({}, std::move(reply).value());
-    if (state_ == connection_state::closing)
-        finish_close();
+    if (f->held) {
+        discard({}); // a repeat of an ACK held until its write completes
+        return true;
+    }
+    hl7::ack a = std::move(reply).value();
+    if (f != &window_.oldest())
+        a = ack::read(hl7::message(a.message()), since(f->started, now)).value();
+    if (!f->written)
+        f->held = std::move(a);
+    else
+        answer(*f, std::move(a));
     return true;
 }
 
-void connection_core::finish_flight(boost::system::error_code ec, hl7::ack ack)
+void connection_core::answer(flight_window::flight& f, hl7::ack ack)
 {
-    flight f = std::move(*inflight_);
-    inflight_.reset();
-    if (!f.abandoned)
-        complete(f.id, ec, std::move(ack));
-    remember(std::move(f.control_id));
+    out_.notify(owned_event::acknowledged(f.control_id, ack.code(), ack.round_trip()));
+    const flight_window::flight done = window_.take(f);
+    if (!done.abandoned)
+        complete(done.id, std::move(ack));
+    close_when_done();
 }
 
-void connection_core::complete(send_id id, boost::system::error_code ec, hl7::ack ack)
+// The link is gone, for `why`: every message in flight fails, the first `n` with `first` and
+// the others with connection_lost, or with the reason when our certificate was refused; then
+// the link reconnects, gives up or, when closing, closes.
+void connection_core::lose(boost::system::error_code why, std::size_t n, boost::system::error_code first,
+                           clock::time_point now)
 {
-    if (ec && ec != errc::ack_timeout)
-        counters_.failed.fetch_add(1, std::memory_order_relaxed);
-    action a{action::kind::complete};
-    a.id = id;
-    a.error = ec;
-    if (!ec)
-        a.data = std::move(ack);
-    actions_.push_back(std::move(a));
+    const bool idle = window_.empty();
+    std::size_t i = 0;
+    for (const auto& f : window_.take_all()) {
+        if (!f.abandoned)
+            complete(f.id, i < n ? first : make_error_code(errc::connection_lost));
+        ++i;
+    }
+    if (link_.lost(why, idle, now, out_))
+        gave_up();
 }
 
-void connection_core::fail_queue(boost::system::error_code ec)
+void connection_core::gave_up()
 {
-    for (queued_send& q : queue_)
-        complete(q.id, ec);
-    counters_.queued.fetch_sub(queue_.size(), std::memory_order_relaxed);
-    queue_.clear();
+    queue_.clear([this](send_id id) { complete(id, errc::not_connected); });
 }
 
-void connection_core::notify(owned_event ev)
+void connection_core::close_when_done()
 {
-    if (!options_.observer)
-        return;
-    action a{action::kind::notify};
-    a.data = std::move(ev);
-    actions_.push_back(std::move(a));
+    if (link_.state() == connection_state::closing && !window_.awaited()) {
+        window_.take_all();
+        link_.close(out_);
+    }
 }
 
-void connection_core::remember(std::string control_id)
+// Each send is counted once, by how it completed: acknowledged, rejected, timed out or failed.
+void connection_core::complete(send_id id, boost::system::error_code ec)
 {
-    recent_[recent_next_] = std::move(control_id);
-    recent_next_ = (recent_next_ + 1) % recent_.size();
+    (ec == errc::ack_timeout ? counters_.timed_out : counters_.failed).fetch_add(1, std::memory_order_relaxed);
+    out_.push(action::complete(id, ec));
 }
 
-bool connection_core::recently_finished(std::string_view control_id) const noexcept
+void connection_core::complete(send_id id, hl7::ack ack)
 {
-    return std::find(recent_.begin(), recent_.end(), control_id) != recent_.end();
+    (ack.accepted() ? counters_.acknowledged : counters_.rejected).fetch_add(1, std::memory_order_relaxed);
+    out_.push(action::complete(id, std::move(ack)));
 }
 
-// The timer is armed lazily: only when a deadline comes before the one armed. A later or
-// vanished deadline leaves the timer as it is; when it fires early, timer_fired() arms it for
-// what is due next. In the steady state (one ACK deadline after another) this spares two
-// timer updates, each a system call, per message.
+void connection_core::discard(boost::system::error_code why)
+{
+    counters_.discarded.fetch_add(1, std::memory_order_relaxed);
+    out_.notify(owned_event::discarded(why));
+}
+
 void connection_core::rearm()
 {
-    clock::time_point t = clock::time_point::max();
-    if (state_ == connection_state::connecting || state_ == connection_state::backing_off)
-        t = deadline_;
-    if (inflight_)
-        t = std::min(t, inflight_->deadline);
-    if (!queue_.empty())
-        t = std::min(t, queue_.front().deadline);
-    if (t < armed_)
-        arm(t);
-}
-
-// Nothing can be due any more (closed, or gave up): let the timer go.
-void connection_core::disarm()
-{
-    if (armed_ != clock::time_point::max())
-        arm(clock::time_point::max());
-}
-
-void connection_core::arm(clock::time_point t)
-{
-    armed_ = t;
-    action a{action::kind::arm_timer};
-    a.deadline = t;
-    actions_.push_back(std::move(a));
+    const connection_state s = link_.state();
+    if (s == connection_state::closed || s == connection_state::failed)
+        timer_.release(out_);
+    else
+        timer_.want(earliest_deadline(), out_);
 }
 
 } // namespace hl7::detail

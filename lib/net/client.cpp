@@ -82,7 +82,7 @@ outcome::result<connection> client::connect(int port, connection_options options
     return connection(std::move(i));
 }
 
-void client::close_impl(const std::shared_ptr<state>& s, asio::any_completion_handler<void()> handler)
+void client::close_impl(const std::shared_ptr<state>& s, close_mode mode, asio::any_completion_handler<void()> handler)
 {
     std::vector<std::shared_ptr<connection::impl>> live;
     {
@@ -107,12 +107,12 @@ void client::close_impl(const std::shared_ptr<state>& s, asio::any_completion_ha
     };
     auto done = std::make_shared<join>(std::move(handler), s->ex);
     for (const auto& c : live)
-        connection::close_impl(c, asio::any_completion_handler<void()>([done] {}));
+        connection::close_impl(c, mode, asio::any_completion_handler<void()>([done] {}));
 }
 
-asio::awaitable<void> client::close()
+asio::awaitable<void> client::close(close_mode mode)
 {
-    co_await async_close(asio::use_awaitable);
+    co_await async_close(mode, asio::use_awaitable);
 }
 
 connection_counters client::counters() const

@@ -2,7 +2,6 @@
 // carries out what connection_core decides. All of it runs on the connection's strand.
 #include "net/connection_impl.hpp"
 
-#include <boost/asio/append.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
@@ -12,8 +11,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
-#include <algorithm>
 #include <array>
+#include <cstring>
 #include <random>
 #include <utility>
 
@@ -30,6 +29,29 @@ std::uint64_t random_seed()
     return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
+// Restores a flag on the way out, exceptions included.
+class restore {
+public:
+    restore(bool& flag, bool value) : flag_(flag), old_(std::exchange(flag, value)) {}
+    restore(const restore&) = delete;
+    ~restore() { flag_ = old_; }
+
+private:
+    bool& flag_;
+    bool old_;
+};
+
+// Why a payload cannot be framed or sent, or nothing.
+boost::system::error_code check_payload(std::string_view bytes, std::size_t max_message)
+{
+    if (bytes.size() > max_message)
+        return errc::message_too_large;
+    if (std::memchr(bytes.data(), mllp::start_block, bytes.size()) ||
+        std::memchr(bytes.data(), mllp::end_block, bytes.size()))
+        return errc::block_byte_in_message;
+    return {};
+}
+
 } // namespace
 
 connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t port, connection_options options,
@@ -43,7 +65,7 @@ connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t p
       options_(std::move(options)),
       counters_(std::move(counters)),
       tls_context_(std::move(tls_context)),
-      core_(options_, *counters_, random_seed())
+      core_(options_, *counters_, status_, random_seed())
 {
 }
 
@@ -53,16 +75,22 @@ connection::impl::impl(asio::any_io_executor ex, hl7::host host, std::uint16_t p
 // scheduler per message, and is safe because no public entry point touches the state inline
 // except send, which the core only lets enqueue. A dispatched handler goes straight to its
 // own executor rather than through the strand, which would wrap it once more.
+//
+// The handler's cancellation slot is cleared on the handler's executor, where the application
+// emits its cancellation signal, not here: a signal is not safe to use from two threads at
+// once. A cancellation emitted in between finds the send gone and does nothing.
 template <class Signature, class... Args>
 void connection::impl::complete(asio::any_completion_handler<Signature> handler, asio::any_completion_executor ex,
                                 Args... args)
 {
-    handler.get_cancellation_slot().clear();
-    if (initiating_) {
-        asio::post(strand_, asio::append(std::move(handler), std::move(args)...));
-        return;
-    }
-    asio::dispatch(asio::bind_executor(std::move(ex), asio::append(std::move(handler), std::move(args)...)));
+    auto finish = [h = std::move(handler), ... args = std::move(args)]() mutable {
+        h.get_cancellation_slot().clear();
+        std::move(h)(std::move(args)...);
+    };
+    if (initiating_)
+        asio::post(strand_, asio::bind_executor(std::move(ex), std::move(finish)));
+    else
+        asio::dispatch(asio::bind_executor(std::move(ex), std::move(finish)));
 }
 
 void connection::impl::begin()
@@ -78,43 +106,60 @@ void connection::impl::run()
 {
     // Stored first: a completion dispatched below may resume code that reads state().
     state_.store(core_.state(), std::memory_order_relaxed);
-    detail::connection_core::action a;
+    // A handler run inline that throws must not keep the actions after it from being carried
+    // out (other sends from completing): the first exception is kept and rethrown once they
+    // are, from the strand, so that it still leaves io_context::run().
+    std::exception_ptr thrown;
+    auto guarded = [&thrown](auto&& f) {
+        try {
+            f();
+        } catch (...) {
+            if (!thrown)
+                thrown = std::current_exception();
+        }
+    };
+    detail::action a;
     while (core_.next(a)) {
-        using kind = detail::connection_core::action::kind;
-        switch (a.what) {
-        case kind::connect: connect(a.link); break;
-        case kind::write: write(a.link, a.id); break;
+        using kind = detail::action::kind;
+        switch (a.what()) {
+        case kind::connect: connect(a.link()); break;
+        case kind::write: write(a.link(), a.id()); break;
         case kind::close_socket:
-            if (a.link == open_link_ || a.link == connecting_link_) {
+            if (a.link() == open_link_ || a.link() == connecting_link_) {
                 resolver_.cancel();
                 session_->close();
                 open_link_ = connecting_link_ = 0;
             }
             break;
         case kind::complete: {
-            auto it = find_pending(a.id);
-            if (it != pending_.end()) {
-                auto handler = std::move(it->handler);
-                auto ex = std::move(it->executor);
-                pending_.erase(it);
-                complete(std::move(handler), std::move(ex), a.error, a.take_ack());
-            }
+            auto it = pending_.find(a.id());
+            if (it == pending_.end())
+                break;
+            auto handler = std::move(it->second.handler);
+            auto ex = std::move(it->second.executor);
+            pending_.erase(it);
+            guarded([&] { complete(std::move(handler), std::move(ex), a.error(), a.take_ack()); });
             break;
         }
         case kind::notify:
-            if (options_.observer)
+            // An observer is for logs and metrics: what it throws is contained.
+            try {
                 options_.observer(a.event().view());
+            } catch (...) {
+            }
             break;
-        case kind::arm_timer: arm(a.deadline); break;
+        case kind::arm_timer: arm(a.deadline()); break;
         case kind::closed:
             // Taken out first: a waiter resumed inline may close again and reach here anew.
             for (auto& waiter : std::exchange(close_waiters_, {})) {
                 auto ex = asio::get_associated_executor(waiter, strand_);
-                complete(std::move(waiter), std::move(ex));
+                guarded([&] { complete(std::move(waiter), std::move(ex)); });
             }
             break;
         }
     }
+    if (thrown)
+        asio::post(strand_, [thrown] { std::rethrow_exception(thrown); });
 }
 
 void connection::impl::connect(std::uint64_t link)
@@ -186,10 +231,14 @@ void connection::impl::read(std::uint64_t link)
 {
     session_->async_read_some([self = shared_from_this(), link, s = session_](boost::system::error_code ec,
                                                                                std::string_view bytes) {
-        if (ec)
+        if (ec) {
             self->core_.read_failed(link, ec, detail::clock::now());
-        else
+        } else {
+            // The receive hook runs inside this step: a call it makes to the connection waits
+            // for the step to end (see inline_here).
+            const restore in_step(self->stepping_, true);
             self->core_.received(link, bytes, detail::clock::now());
+        }
         // Completions first: a sender resumed by them writes its next message before this
         // read is issued again, which would only find nothing to read yet.
         self->run();
@@ -201,24 +250,21 @@ void connection::impl::read(std::uint64_t link)
 void connection::impl::write(std::uint64_t link, std::uint64_t id)
 {
     // The bytes move out of the pending entry: a terminal cancellation may complete (and
-    // erase) the send while the write is still going on.
-    auto it = find_pending(id);
-    writing_ = std::move(it->bytes);
+    // erase) the send while the write is still going on. The core writes only sends that are
+    // pending.
+    writing_ = std::move(pending_.at(id).bytes);
+    writing_link_ = link;
     if (session_->start_write(writing_.bytes())) {
         writing_ = {};
         core_.written(link, {}, detail::clock::now());
         return;
     }
     session_->async_finish_write([self = shared_from_this(), link, s = session_](boost::system::error_code ec) {
-        self->writing_ = {};
+        if (self->writing_link_ == link) // not a write of a later link, whose bytes these are not
+            self->writing_ = {};
         self->core_.written(link, ec, detail::clock::now());
         self->run();
     });
-}
-
-std::deque<connection::impl::pending_send>::iterator connection::impl::find_pending(std::uint64_t id)
-{
-    return std::find_if(pending_.begin(), pending_.end(), [id](const pending_send& p) { return p.id == id; });
 }
 
 void connection::impl::arm(detail::clock::time_point deadline)
@@ -239,25 +285,42 @@ void connection::impl::arm(detail::clock::time_point deadline)
 void connection::impl::enqueue(std::uint64_t id, message msg, asio::any_completion_handler<send_signature> handler,
                                bool initiating)
 {
-    const bool outer = std::exchange(initiating_, initiating);
-    const std::string_view control_id = msg.control_id();
-    if (control_id.empty()) {
+    const restore in_call(initiating_, initiating);
+    // Failures found here come before any I/O; the message is not sent.
+    auto fail = [&](boost::system::error_code ec) {
+        counters_->failed.fetch_add(1, std::memory_order_relaxed);
         auto ex = asio::get_associated_executor(handler, strand_);
-        complete(std::move(handler), std::move(ex), boost::system::error_code(errc::missing_control_id), hl7::ack{});
-        initiating_ = outer;
-        return;
-    }
+        complete(std::move(handler), std::move(ex), ec, hl7::ack{});
+    };
+    const std::string_view control_id = msg.control_id();
+    if (control_id.empty())
+        return fail(errc::missing_control_id);
     std::string id_text(control_id);
     payload p;
-    if (options_.send_hook)
-        p.hooked = options_.send_hook(msg.str());
-    else
+    if (options_.send_hook) {
+        try {
+            p.hooked = options_.send_hook(msg.str());
+        } catch (...) {
+            return fail(errc::hook_failed);
+        }
+    } else {
         p.original = std::move(msg);
+    }
+    if (const auto ec = check_payload(p.bytes(), options_.max_message))
+        return fail(ec);
     auto ex = asio::prefer(asio::get_associated_executor(handler, strand_), asio::execution::outstanding_work.tracked);
-    pending_.push_back({id, std::move(handler), std::move(ex), std::move(p)});
+    pending_.emplace(id, pending_send{std::move(handler), std::move(ex), std::move(p)});
     core_.send(id, std::move(id_text), detail::clock::now());
     run();
-    initiating_ = outer;
+}
+
+void connection::impl::close(close_mode mode, asio::any_completion_handler<void()> handler, bool initiating)
+{
+    if (handler)
+        close_waiters_.push_back(std::move(handler));
+    const restore in_call(initiating_, initiating);
+    core_.close(mode, detail::clock::now());
+    run();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,7 +337,7 @@ connection& connection::operator=(connection&& other) noexcept
 {
     if (this != &other) {
         if (impl_)
-            close_impl(impl_, {});
+            close_impl(impl_, close_mode::graceful, {});
         impl_ = std::move(other.impl_);
     }
     return *this;
@@ -283,7 +346,7 @@ connection& connection::operator=(connection&& other) noexcept
 connection::~connection()
 {
     if (impl_)
-        close_impl(impl_, {});
+        close_impl(impl_, close_mode::graceful, {});
 }
 
 void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::any_completion_handler<send_signature> handler)
@@ -305,7 +368,7 @@ void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::an
     // At once when the caller already runs on the strand (a sender resumed by the previous
     // ACK, typically): the next message then goes out without a trip through the scheduler.
     // From anywhere else it is posted (a strand never runs work inline for a caller outside).
-    if (detail::running_in(i->strand_)) {
+    if (i->inline_here()) {
         i->enqueue(id, std::move(msg), std::move(handler), true);
         return;
     }
@@ -314,21 +377,14 @@ void connection::send_impl(const std::shared_ptr<impl>& i, message msg, asio::an
     });
 }
 
-void connection::close_impl(const std::shared_ptr<impl>& i, asio::any_completion_handler<void()> handler)
+void connection::close_impl(const std::shared_ptr<impl>& i, close_mode mode, asio::any_completion_handler<void()> handler)
 {
     // Like sends, so that calls made on the strand keep their order.
-    auto close = [i, h = std::move(handler)](bool initiating) mutable {
-        if (h)
-            i->close_waiters_.push_back(std::move(h));
-        const bool outer = std::exchange(i->initiating_, initiating);
-        i->core_.close(detail::clock::now());
-        i->run();
-        i->initiating_ = outer;
-    };
-    if (detail::running_in(i->strand_))
-        close(true);
-    else
-        asio::post(i->strand_, [close = std::move(close)]() mutable { close(false); });
+    if (i->inline_here()) {
+        i->close(mode, std::move(handler), true);
+        return;
+    }
+    asio::post(i->strand_, [i, mode, h = std::move(handler)]() mutable { i->close(mode, std::move(h), false); });
 }
 
 asio::awaitable<outcome::result<hl7::ack>> connection::send(message msg)
@@ -348,17 +404,21 @@ asio::awaitable<outcome::result<hl7::ack>> connection::send(message msg)
         asio::use_awaitable, std::move(msg));
 }
 
-asio::awaitable<void> connection::close()
+asio::awaitable<void> connection::close(close_mode mode)
 {
-    co_await async_close(asio::use_awaitable);
+    co_await async_close(mode, asio::use_awaitable);
 }
 
 void connection::start()
 {
-    asio::dispatch(impl_->strand_, [i = impl_] {
+    auto go = [i = impl_] {
         i->core_.start(detail::clock::now());
         i->run();
-    });
+    };
+    if (impl_->inline_here())
+        go();
+    else
+        asio::post(impl_->strand_, std::move(go));
 }
 
 connection_state connection::state() const noexcept
@@ -369,6 +429,16 @@ connection_state connection::state() const noexcept
 connection_counters connection::counters() const noexcept
 {
     return impl_->counters_->snapshot();
+}
+
+connection_diagnostics connection::diagnostics() const
+{
+    return impl_->status_.diagnostics();
+}
+
+std::optional<tcp::endpoint> connection::remote_endpoint() const
+{
+    return impl_->status_.remote();
 }
 
 std::uint16_t connection::port() const noexcept

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "core/connection_core.hpp"
+#include "core/shared.hpp"
 #include "net/strand.hpp"
 #include "net/session.hpp"
 #include "net/tls.hpp"
@@ -12,11 +13,11 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
-#include <array>
 #include <atomic>
+#include <exception>
+#include <map>
 #include <memory>
 #include <string>
-#include <deque>
 #include <vector>
 
 namespace hl7 {
@@ -30,7 +31,6 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
         std::string_view bytes() const noexcept { return hooked.empty() ? original.str() : std::string_view(hooked); }
     };
     struct pending_send {
-        std::uint64_t id;
         boost::asio::any_completion_handler<send_signature> handler;
         // The handler's executor, counting work so that it does not run out while the send
         // is pending; the handler completes on it.
@@ -43,6 +43,9 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
 
     /// Starts connecting unless the connection is lazy.
     void begin();
+    /// Whether a call made now may step the core at once: on the strand, and not from inside
+    /// a step (a receive hook that calls the connection).
+    bool inline_here() const { return detail::running_in(strand_) && !stepping_; }
     /// Completes `handler`, whose associated executor is `ex`, with `args` (see connection.cpp).
     template <class Signature, class... Args>
     void complete(boost::asio::any_completion_handler<Signature> handler, boost::asio::any_completion_executor ex,
@@ -59,6 +62,7 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     /// `initiating`: called inside async_send itself, where no handler may complete inline.
     void enqueue(std::uint64_t id, message msg, boost::asio::any_completion_handler<send_signature> handler,
                  bool initiating);
+    void close(close_mode mode, boost::asio::any_completion_handler<void()> handler, bool initiating);
 
     const boost::asio::any_io_executor strand_; // made by detail::make_strand
     boost::asio::ip::tcp::resolver resolver_;
@@ -70,17 +74,20 @@ struct connection::impl : std::enable_shared_from_this<connection::impl> {
     const std::uint16_t port_;
     const connection_options options_;
     const std::shared_ptr<detail::counter_block> counters_;
+    detail::status_block status_;
     const std::shared_ptr<boost::asio::ssl::context> tls_context_; // null: plaintext
     detail::connection_core core_;
     std::atomic<connection_state> state_{connection_state::idle};
     std::atomic<std::uint64_t> next_id_{1};
-    // Sends not yet completed, in the order they were queued; they complete in that order
-    // but for cancellations and immediate failures, so the one sought is nearly always first.
-    std::deque<pending_send> pending_;
-    std::deque<pending_send>::iterator find_pending(std::uint64_t id);
+    // Sends not yet completed, by id. A node-based map, not a deque: erasing from the middle of
+    // a deque move-assigns the entries behind, and move-assigning an any_completion_handler
+    // recurses without end in Boost 1.81. Entries are only ever move-constructed.
+    std::map<std::uint64_t, pending_send> pending_;
     std::vector<boost::asio::any_completion_handler<void()>> close_waiters_;
-    payload writing_;                  // the bytes of the write in progress
-    bool initiating_ = false;          // inside an async_send call: completions must be posted
+    payload writing_;                   // the bytes of the write in progress
+    std::uint64_t writing_link_ = 0;    // the link they are being written on
+    bool initiating_ = false;           // inside an async_send call: completions must be posted
+    bool stepping_ = false;             // inside a core step that calls user code (received)
     std::uint64_t connecting_link_ = 0; // the link whose connect is in progress
     std::uint64_t open_link_ = 0;       // the link the open socket belongs to
 };

@@ -9,6 +9,7 @@
 #include "support/checks.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detached.hpp>
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <future>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -96,6 +98,68 @@ struct recorder {
         return out;
     }
 };
+
+// Completions of callback sends, counted per send: each must complete exactly once. Each
+// send is registered before it starts, so one that never completes is seen.
+struct tally {
+    struct completion {
+        boost::system::error_code error;
+        std::string control_id; // of the ACK, on success
+    };
+    std::mutex mutex;
+    std::map<int, std::vector<completion>> seen;
+
+    std::function<void(boost::system::error_code, hl7::ack)> handler(int n)
+    {
+        {
+            std::lock_guard lock(mutex);
+            seen[n];
+        }
+        return [this, n](boost::system::error_code ec, hl7::ack ack) {
+            std::lock_guard lock(mutex);
+            seen[n].push_back({ec, std::string(ack.control_id())});
+        };
+    }
+    std::size_t done()
+    {
+        std::lock_guard lock(mutex);
+        return static_cast<std::size_t>(
+            std::count_if(seen.begin(), seen.end(), [](const auto& s) { return !s.second.empty(); }));
+    }
+    completion of(int n)
+    {
+        std::lock_guard lock(mutex);
+        REQUIRE_MESSAGE(seen[n].size() == 1, "send " << n << " completed " << seen[n].size() << " times");
+        return seen[n].front();
+    }
+    void check_each_once()
+    {
+        std::lock_guard lock(mutex);
+        for (const auto& s : seen)
+            CHECK_MESSAGE(s.second.size() == 1, "send " << s.first << " completed " << s.second.size() << " times");
+    }
+    // Waits until every registered send completed (or a few seconds passed).
+    asio::awaitable<void> settle()
+    {
+        for (int i = 0; i < 1000; ++i) {
+            {
+                std::lock_guard lock(mutex);
+                if (std::all_of(seen.begin(), seen.end(), [](const auto& s) { return !s.second.empty(); }))
+                    break;
+            }
+            co_await sleep_for(5ms);
+        }
+        check_each_once();
+    }
+};
+
+// A message of about `size` bytes.
+message big_message(std::size_t size)
+{
+    message m = fresh();
+    REQUIRE(m.set("NTE.3", std::string(size, 'x')));
+    return m;
+}
 
 } // namespace
 
@@ -665,17 +729,11 @@ TEST_CASE("a DNS name that resolves to the loopback works")
     });
 }
 
-TEST_CASE("the IPv6 loopback works")
+TEST_CASE("the IPv6 loopback works" * doctest::skip(!hl7::test::has_ipv6_loopback()))
 {
     run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        std::unique_ptr<peer> p;
-        try {
-            p = std::make_unique<peer>(ex, [](peer_link& l, std::size_t) { return l.serve(); }, "::1");
-        } catch (const std::exception& e) {
-            MESSAGE("IPv6 loopback unavailable here: " << e.what());
-            co_return;
-        }
+        auto p = std::make_unique<peer>(ex, [](peer_link& l, std::size_t) { return l.serve(); }, "::1");
         auto client = make_client(ex, "[::1]");
         CHECK(client.host().kind == hl7::host_kind::ipv6);
         auto conn = client.connect(p->port()).value();
@@ -915,5 +973,694 @@ TEST_CASE("destroying a connection handle closes the connection")
         CHECK(*closed);
         CHECK(client.counters().sent == 1);
         CHECK(client.counters().acknowledged == 1);
+    });
+}
+
+TEST_CASE("closing with one message in flight and several queued completes every send once")
+{
+    for (int queued : {1, 2, 5, 50}) {
+        CAPTURE(queued);
+        run_async([queued]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            peer p(ex, [](peer_link& l, std::size_t) { return l.serve(100); });
+            auto client = make_client(ex);
+            auto conn = client.connect(p.port()).value();
+            tally t;
+            for (int i = 0; i <= queued; ++i)
+                conn.async_send(fresh(), t.handler(i));
+            co_await sleep_for(30ms);
+            co_await conn.close();
+            co_await t.settle();
+            CHECK_FALSE(t.of(0).error);
+            for (int i = 1; i <= queued; ++i)
+                CHECK(t.of(i).error == errc::closed);
+        });
+    }
+}
+
+TEST_CASE("an ACK that arrives before the message is fully written never counts as success")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        // The peer answers AA after the first 64 KiB of the message and reads no more.
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            std::string head;
+            while (head.size() < 65536) {
+                auto [ec, n] = co_await l.socket.async_read_some(asio::buffer(l.buffer), asio::as_tuple(asio::use_awaitable));
+                if (ec)
+                    co_return;
+                head.append(l.buffer.data(), n);
+            }
+            auto m = message::parse(std::string_view(head).substr(1, head.find('\r', 1)));
+            const std::string id(m.value().control_id());
+            const std::string ack = peer_link::ack_bytes_for(id);
+            co_await l.write(ack);
+            co_await sleep_for(3s);
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 500ms;
+        options.max_message = std::size_t{64} << 20;
+        auto conn = client.connect(p.port(), options).value();
+        message m = big_message(std::size_t{40} << 20); // more than the socket buffers hold
+        auto r = co_await conn.send(std::move(m));
+        REQUIRE(r.has_error());
+        CHECK(r.error() == errc::ack_timeout);
+        CHECK(conn.counters().acknowledged == 0);
+        co_await conn.close();
+    }, 20s);
+}
+
+TEST_CASE("a throwing observer is contained and every send still completes")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.observer = [](const hl7::connection_event&) { throw std::runtime_error("observer"); };
+        auto conn = client.connect(p.port(), options).value();
+        for (int i = 0; i < 3; ++i)
+            CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a throwing send hook fails that send with hook_failed, unsent")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        auto calls = std::make_shared<int>(0);
+        options.send_hook = [calls](std::string_view s) -> std::string {
+            if ((*calls)++ == 0)
+                throw std::runtime_error("hook");
+            return std::string(s);
+        };
+        auto conn = client.connect(p.port(), options).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::hook_failed);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.received().size() == 1);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a throwing receive hook fails the message in flight with hook_failed and resets the link")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        auto calls = std::make_shared<int>(0);
+        options.receive_hook = [calls](std::string_view s) -> std::string {
+            if ((*calls)++ == 0)
+                throw std::runtime_error("hook");
+            return std::string(s);
+        };
+        auto conn = client.connect(p.port(), options).value();
+        auto first = co_await conn.send(fresh());
+        REQUIRE(first.has_error());
+        CHECK(first.error() == errc::hook_failed);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.accepted() == 2);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("a completion handler that throws leaves no other send without its completion")
+{
+    // Completion handlers are dispatched inline from the connection's strand, on the strand
+    // itself (no executor of their own) or on the io_context's executor: one that throws must
+    // not skip those after it, and its exception still leaves io_context::run().
+    for (bool own_executor : {false, true}) {
+        CAPTURE(own_executor);
+        asio::io_context ctx;
+        peer p(ctx.get_executor(), [](peer_link& l, std::size_t) { return l.serve(50); });
+        auto client = make_client(ctx.get_executor());
+        auto conn = client.connect(p.port()).value();
+        std::map<int, int> completed;
+        auto throwing = [&completed](int i) {
+            return [&completed, i](boost::system::error_code, const hl7::ack&) {
+                ++completed[i];
+                throw std::runtime_error("handler");
+            };
+        };
+        for (int i = 0; i < 4; ++i) {
+            if (own_executor)
+                conn.async_send(fresh(), asio::bind_executor(ctx.get_executor(), throwing(i)));
+            else
+                conn.async_send(fresh(), throwing(i));
+        }
+        bool closed = false;
+        asio::steady_timer later(ctx, 20ms);
+        later.async_wait([&](boost::system::error_code) {
+            // One in flight, three queued: close fails the queued ones in one go.
+            conn.async_close([&] { closed = true; });
+        });
+        int escaped = 0;
+        for (int i = 0; i < 200 && !closed; ++i) {
+            try {
+                ctx.run_for(20ms);
+            } catch (const std::exception&) {
+                ++escaped;
+            }
+        }
+        CHECK(closed);
+        CHECK(completed == std::map<int, int>{{0, 1}, {1, 1}, {2, 1}, {3, 1}});
+        CHECK(escaped >= 2); // at least the first of each batch: the queued ones, the one in flight
+        CHECK(conn.state() == hl7::connection_state::closed);
+        // Nothing was left half done: another connection on the same io_context works.
+        bool ok = false;
+        auto again = client.connect(p.port()).value();
+        again.async_send(fresh(), [&](boost::system::error_code ec, const hl7::ack&) { ok = !ec; });
+        for (int i = 0; i < 200 && !ok; ++i)
+            ctx.run_for(10ms);
+        CHECK(ok);
+    }
+}
+
+TEST_CASE("cancelling the first, a middle or the last queued send completes it alone and the rest keep their order")
+{
+    for (int victim : {1, 3, 5}) {
+        CAPTURE(victim);
+        run_async([victim]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            peer p(ex, [](peer_link& l, std::size_t) { return l.serve(50); });
+            auto client = make_client(ex);
+            auto conn = client.connect(p.port()).value();
+            tally t;
+            std::vector<asio::cancellation_signal> signals(6);
+            std::vector<std::string> ids;
+            for (int i = 0; i <= 5; ++i) {
+                message m = fresh();
+                ids.push_back(control_id(m));
+                conn.async_send(std::move(m), asio::bind_cancellation_slot(signals[static_cast<std::size_t>(i)].slot(), t.handler(i)));
+            }
+            co_await sleep_for(20ms); // 0 is in flight, 1 to 5 queued
+            signals[static_cast<std::size_t>(victim)].emit(asio::cancellation_type::total);
+            co_await t.settle();
+            CHECK(t.of(victim).error == asio::error::operation_aborted);
+            std::vector<std::string> expected;
+            for (int i = 0; i <= 5; ++i) {
+                if (i == victim)
+                    continue;
+                CHECK(t.of(i).control_id == ids[static_cast<std::size_t>(i)]);
+                expected.push_back(ids[static_cast<std::size_t>(i)]);
+            }
+            CHECK(p.received() == expected);
+            co_await conn.close();
+        });
+    }
+}
+
+TEST_CASE("queued sends that time out behind a slow peer complete alone, each once")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(600); });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.queue_timeout = 200ms;
+        auto conn = client.connect(p.port(), options).value();
+        tally t;
+        conn.async_send(fresh(), t.handler(0));
+        co_await sleep_for(50ms);
+        for (int i = 1; i <= 4; ++i)
+            conn.async_send(fresh(), t.handler(i));
+        co_await t.settle();
+        CHECK_FALSE(t.of(0).error);
+        for (int i = 1; i <= 4; ++i)
+            CHECK(t.of(i).error == errc::queue_timeout);
+        CHECK(p.received().size() == 1);
+        CHECK(conn.counters().failed == 4);
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("destroying a connection handle with many sends pending completes every one of them once")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(30); });
+        auto client = make_client(ex);
+        tally t;
+        {
+            auto conn = client.connect(p.port()).value();
+            for (int i = 0; i <= 50; ++i)
+                conn.async_send(fresh(), t.handler(i));
+            co_await sleep_for(20ms);
+        }
+        co_await t.settle();
+        CHECK_FALSE(t.of(0).error); // in flight: a graceful close lets it finish
+        for (int i = 1; i <= 50; ++i)
+            CHECK(t.of(i).error == errc::closed);
+    });
+}
+
+TEST_CASE("closing the client with sends pending on several connections completes every one of them once")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(30); });
+        auto client = make_client(ex);
+        auto a = client.connect(p.port()).value();
+        auto b = client.connect(p.port()).value();
+        tally t;
+        for (int i = 0; i < 20; ++i)
+            (i % 2 ? a : b).async_send(fresh(), t.handler(i));
+        co_await sleep_for(20ms);
+        co_await client.close();
+        co_await t.settle();
+        CHECK(a.state() == hl7::connection_state::closed);
+        CHECK(b.state() == hl7::connection_state::closed);
+        CHECK(client.counters().acknowledged + client.counters().failed == 20);
+    });
+}
+
+TEST_CASE("a payload holding an MLLP block byte is refused unsent, from parsed text or a send hook")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port()).value();
+        const std::string text = "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|BLOCK1|P|2.5.1\rPID|1||x\x0by\r";
+        auto parsed = message::parse(text);
+        REQUIRE(parsed.has_value());
+        auto r = co_await conn.send(std::move(parsed).value());
+        REQUIRE(r.has_error());
+        CHECK(r.error() == errc::block_byte_in_message);
+
+        auto options = quick();
+        options.send_hook = [](std::string_view s) { return std::string(s) + "\x1c"; };
+        auto hooked = client.connect(p.port(), options).value();
+        auto h = co_await hooked.send(fresh());
+        REQUIRE(h.has_error());
+        CHECK(h.error() == errc::block_byte_in_message);
+        CHECK(conn.counters().sent == 0);
+        CHECK(conn.counters().failed == 1);
+        CHECK(hooked.counters().sent == 0);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.received().size() == 1);
+        co_await client.close();
+    });
+}
+
+TEST_CASE("a message larger than max_message, after the send hook, is refused unsent")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.max_message = 4096;
+        auto conn = client.connect(p.port(), options).value();
+        auto r = co_await conn.send(big_message(5000));
+        REQUIRE(r.has_error());
+        CHECK(r.error() == errc::message_too_large);
+        CHECK_FALSE(hl7::in_doubt(r.error()));
+        options.send_hook = [](std::string_view s) { return std::string(s) + std::string(5000, 'x'); };
+        auto hooked = client.connect(p.port(), options).value();
+        auto h = co_await hooked.send(fresh());
+        REQUIRE(h.has_error());
+        CHECK(h.error() == errc::message_too_large);
+        CHECK((co_await conn.send(fresh())).has_value());
+        CHECK(p.received().size() == 1);
+        co_await client.close();
+    });
+}
+
+TEST_CASE("an ACK that arrives before the end of the write, then the peer closing, fails the send as connection_lost")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            std::string head;
+            while (head.size() < 65536) {
+                auto [ec, n] = co_await l.socket.async_read_some(asio::buffer(l.buffer), asio::as_tuple(asio::use_awaitable));
+                if (ec)
+                    co_return;
+                head.append(l.buffer.data(), n);
+            }
+            auto m = message::parse(std::string_view(head).substr(1, head.find('\r', 1)));
+            const std::string ack = peer_link::ack_bytes_for(m.value().control_id());
+            co_await l.write(ack);
+            co_await sleep_for(100ms);
+            l.close();
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 5s;
+        options.max_message = std::size_t{64} << 20;
+        auto conn = client.connect(p.port(), options).value();
+        auto r = co_await conn.send(big_message(std::size_t{40} << 20));
+        REQUIRE(r.has_error());
+        CHECK(r.error() == errc::connection_lost);
+        CHECK(conn.counters().acknowledged == 0);
+        co_await conn.close();
+    }, 20s);
+}
+
+TEST_CASE("an immediate close fails the message in flight as connection_lost without waiting for its ACK")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.drain(); }); // never answers
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 60s; // longer than the test's deadline: a close that waited would fail it
+        auto conn = client.connect(p.port(), options).value();
+        tally t;
+        conn.async_send(fresh(), t.handler(0));
+        conn.async_send(fresh(), t.handler(1));
+        while (conn.counters().sent == 0)
+            co_await sleep_for(2ms);
+        co_await conn.close(hl7::close_mode::immediate);
+        CHECK(conn.state() == hl7::connection_state::closed);
+        co_await t.settle();
+        CHECK(t.of(0).error == errc::connection_lost);
+        CHECK(hl7::in_doubt(t.of(0).error));
+        CHECK(t.of(1).error == errc::closed);
+        auto after = co_await conn.send(fresh());
+        CHECK(after.error() == errc::closed);
+    });
+}
+
+TEST_CASE("a graceful close does not wait for a message abandoned by terminal cancellation")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.drain(); }); // never answers
+        auto client = make_client(ex);
+        auto options = quick();
+        options.ack_timeout = 60s;
+        auto conn = client.connect(p.port(), options).value();
+        tally t;
+        asio::cancellation_signal signal;
+        conn.async_send(fresh(), asio::bind_cancellation_slot(signal.slot(), t.handler(0)));
+        while (conn.counters().sent == 0)
+            co_await sleep_for(2ms);
+        signal.emit(asio::cancellation_type::terminal);
+        co_await t.settle();
+        CHECK(t.of(0).error == asio::error::operation_aborted);
+        co_await conn.close();
+        CHECK(conn.state() == hl7::connection_state::closed);
+        CHECK(conn.counters().failed == 1);
+        CHECK(conn.counters().timed_out == 0);
+    });
+}
+
+TEST_CASE("the diagnostics say why a connection gave up and after how many attempts")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto client = make_client(ex);
+        auto options = quick();
+        options.reconnect.max_attempts = 3;
+        auto conn = client.connect(hl7::test::closed_port(ex), options).value();
+        CHECK_FALSE(conn.diagnostics().last_error);
+        const auto before = std::chrono::steady_clock::now();
+        auto r = co_await conn.send(fresh());
+        REQUIRE(r.has_error());
+        CHECK(r.error() == errc::not_connected);
+        const auto d = conn.diagnostics();
+        CHECK(d.last_error == asio::error::connection_refused);
+        CHECK(d.failed_attempts == 3);
+        CHECK(d.at >= before);
+        CHECK(d.at <= std::chrono::steady_clock::now());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("remote_endpoint names the peer while connected and nothing otherwise")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.lazy = true;
+        auto conn = client.connect(p.port(), options).value();
+        CHECK_FALSE(conn.remote_endpoint().has_value());
+        CHECK((co_await conn.send(fresh())).has_value());
+        const auto remote = conn.remote_endpoint();
+        REQUIRE(remote.has_value());
+        CHECK(*remote == asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), p.port()));
+        co_await conn.close();
+        CHECK_FALSE(conn.remote_endpoint().has_value());
+    });
+}
+
+TEST_CASE("after the peer closes an idle link cleanly the connection reconnects at once, without a backoff")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        peer p(ex, [](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+            if (index == 0) {
+                co_await sleep_for(300ms); // an idle timeout
+                l.close();
+                co_return;
+            }
+            co_await l.serve();
+        });
+        recorder events;
+        auto client = make_client(ex);
+        auto options = quick();
+        options.reconnect.initial = 100ms;
+        options.observer = events.observer();
+        auto conn = client.connect(p.port(), options).value();
+        for (int i = 0; i < 400 && p.accepted() < 2; ++i)
+            co_await sleep_for(5ms);
+        CHECK(p.accepted() == 2);
+        auto lost = events.of(hl7::connection_event::kind::disconnected);
+        REQUIRE(lost.size() == 1);
+        CHECK(lost[0].error == asio::error::eof);
+        auto scheduled = events.of(hl7::connection_event::kind::reconnect_scheduled);
+        REQUIRE(scheduled.size() == 1);
+        CHECK(scheduled[0].delay == 0ms);
+        CHECK((co_await conn.send(fresh())).has_value());
+        co_await conn.close();
+    });
+}
+
+TEST_CASE("connection states and event kinds have names")
+{
+    CHECK(hl7::to_string(hl7::connection_state::backing_off) == "backing_off");
+    CHECK(hl7::to_string(hl7::connection_state::closed) == "closed");
+    CHECK(hl7::to_string(hl7::connection_event::kind::reconnect_scheduled) == "reconnect_scheduled");
+    CHECK(hl7::to_string(hl7::connection_event::kind::gave_up) == "gave_up");
+}
+
+// ---------------------------------------------------------------------------------------
+// The window (max_in_flight > 1) against the faults of the matrix above.
+
+namespace {
+
+enum class fault { none, out_of_order, mid_frame_close, silence, late_ack, wrong_id, negative, garbage, bytewise, two_in_one };
+
+const char* name(fault f)
+{
+    const char* names[] = {"none", "out_of_order", "mid_frame_close", "silence", "late_ack",
+                           "wrong_id", "negative", "garbage", "bytewise", "two_in_one"};
+    return names[static_cast<int>(f)];
+}
+
+// On its first connection the peer reads three messages (a window's worth) before doing what
+// `f` says; on later ones it serves normally.
+peer::script window_peer(fault f)
+{
+    return [f](peer_link& l, std::size_t index) -> asio::awaitable<void> {
+        if (index > 0) {
+            co_await l.serve();
+            co_return;
+        }
+        std::vector<message> got;
+        for (int i = 0; i < 3; ++i) {
+            auto m = co_await l.read_message();
+            if (!m)
+                co_return;
+            got.push_back(std::move(*m));
+        }
+        const std::string a1 = peer_link::ack_bytes(got[0]);
+        const std::string a2 = peer_link::ack_bytes(got[1]);
+        const std::string a3 = peer_link::ack_bytes(got[2]);
+        switch (f) {
+        case fault::none: {
+            const std::string all = a1 + a2 + a3;
+            co_await l.write(all);
+            break;
+        }
+        case fault::out_of_order: {
+            const std::string all = a3 + a1 + a2;
+            co_await l.write(all);
+            break;
+        }
+        case fault::mid_frame_close: {
+            const std::string half = a1.substr(0, a1.size() / 2);
+            co_await l.write(half);
+            l.close();
+            co_return;
+        }
+        case fault::silence: co_await l.drain(); co_return;
+        case fault::late_ack: {
+            const std::string all = a1 + a2 + a3 + a1;
+            co_await l.write(all);
+            break;
+        }
+        case fault::wrong_id: {
+            const std::string wrong = peer_link::ack_bytes_for("NOT-OURS");
+            co_await l.write(wrong);
+            co_await l.drain();
+            co_return;
+        }
+        case fault::negative: {
+            const std::string all = peer_link::ack_bytes(got[0], hl7::verdict::error) +
+                                    peer_link::ack_bytes(got[1], hl7::verdict::reject) + a3;
+            co_await l.write(all);
+            break;
+        }
+        case fault::garbage: {
+            const std::string garbled = hl7::mllp::encode("this is not HL7");
+            co_await l.write(garbled);
+            co_await l.drain();
+            co_return;
+        }
+        case fault::bytewise: {
+            const std::string all = a2 + a3 + a1;
+            co_await l.write_bytewise(all);
+            break;
+        }
+        case fault::two_in_one: {
+            const std::string two = a2 + a1;
+            co_await l.write(two);
+            co_await l.write(a3);
+            break;
+        }
+        }
+        co_await l.serve();
+    };
+}
+
+} // namespace
+
+TEST_CASE("with a window of three, every fault of the matrix completes each send once with its own outcome")
+{
+    for (const fault f : {fault::none, fault::out_of_order, fault::mid_frame_close, fault::silence, fault::late_ack,
+                          fault::wrong_id, fault::negative, fault::garbage, fault::bytewise, fault::two_in_one}) {
+        CAPTURE(name(f));
+        run_async([f]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            peer p(ex, window_peer(f));
+            auto client = make_client(ex);
+            auto options = quick();
+            options.max_in_flight = 3;
+            options.ack_timeout = 500ms;
+            auto conn = client.connect(p.port(), options).value();
+            tally t;
+            std::vector<std::string> ids;
+            for (int i = 0; i < 6; ++i) {
+                message m = fresh();
+                ids.push_back(control_id(m));
+                conn.async_send(std::move(m), t.handler(i));
+            }
+            co_await t.settle();
+            auto ok = [&](int i) {
+                const auto c = t.of(i);
+                CHECK_FALSE(c.error);
+                CHECK(c.control_id == ids[static_cast<std::size_t>(i)]);
+            };
+            auto in_doubt = [&](int i, boost::system::error_code expected) {
+                CHECK(t.of(i).error == expected);
+                CHECK(hl7::in_doubt(t.of(i).error));
+            };
+            for (int i = 3; i < 6; ++i) // beyond the first window: after a reconnect, if any
+                ok(i);
+            switch (f) {
+            case fault::none:
+            case fault::out_of_order:
+            case fault::late_ack:
+            case fault::negative:
+            case fault::bytewise:
+            case fault::two_in_one:
+                for (int i = 0; i < 3; ++i)
+                    CHECK(t.of(i).control_id == ids[static_cast<std::size_t>(i)]);
+                CHECK(p.accepted() == 1);
+                break;
+            case fault::mid_frame_close:
+                for (int i = 0; i < 3; ++i)
+                    in_doubt(i, errc::connection_lost);
+                break;
+            case fault::silence:
+                in_doubt(0, errc::ack_timeout);
+                for (int i = 1; i < 3; ++i) {
+                    const auto ec = t.of(i).error;
+                    CHECK((ec == errc::ack_timeout || ec == errc::connection_lost));
+                    CHECK(hl7::in_doubt(ec));
+                }
+                break;
+            case fault::wrong_id:
+                in_doubt(0, errc::ack_mismatch);
+                in_doubt(1, errc::connection_lost);
+                in_doubt(2, errc::connection_lost);
+                break;
+            case fault::garbage:
+                in_doubt(0, errc::invalid_ack);
+                in_doubt(1, errc::connection_lost);
+                in_doubt(2, errc::connection_lost);
+                break;
+            }
+            if (f == fault::negative) {
+                CHECK(conn.counters().rejected == 2);
+                CHECK(conn.counters().acknowledged == 4);
+            } else if (f == fault::late_ack) {
+                CHECK(conn.counters().discarded == 1);
+            }
+            const auto c = conn.counters();
+            CHECK(c.acknowledged + c.rejected + c.timed_out + c.failed == 6);
+            co_await conn.close();
+        });
+    }
+}
+
+TEST_CASE("with a window, messages are written before the first ACK and the peer sees them in order")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        // Reads eight messages before answering any: with a window of eight, nothing waits.
+        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            std::vector<message> got;
+            for (int i = 0; i < 8; ++i) {
+                auto m = co_await l.read_message();
+                if (!m)
+                    co_return;
+                got.push_back(std::move(*m));
+            }
+            std::string all;
+            for (auto it = got.rbegin(); it != got.rend(); ++it)
+                all += peer_link::ack_bytes(*it);
+            co_await l.write(all);
+            co_await l.serve();
+        });
+        auto client = make_client(ex);
+        auto options = quick();
+        options.max_in_flight = 8;
+        auto conn = client.connect(p.port(), options).value();
+        tally t;
+        std::vector<std::string> ids;
+        for (int i = 0; i < 8; ++i) {
+            message m = fresh();
+            ids.push_back(control_id(m));
+            conn.async_send(std::move(m), t.handler(i));
+        }
+        co_await t.settle();
+        for (int i = 0; i < 8; ++i)
+            CHECK(t.of(i).control_id == ids[static_cast<std::size_t>(i)]);
+        CHECK(p.received() == ids);
+        co_await conn.close();
     });
 }

@@ -3,6 +3,7 @@
 #include <hl7/net/server.hpp>
 
 #include "support/async_util.hpp"
+#include "support/peer.hpp"
 #include "support/server_peers.hpp"
 #include "support/util.hpp"
 
@@ -381,7 +382,7 @@ TEST_CASE("the observer follows a connection from accept to disconnect")
     }, deadline);
 }
 
-TEST_CASE("the server listens on the IPv6 loopback")
+TEST_CASE("the server listens on the IPv6 loopback" * doctest::skip(!hl7::test::has_ipv6_loopback()))
 {
     hl7::test::run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;

@@ -14,6 +14,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -207,6 +208,19 @@ private:
 
     std::shared_ptr<shared> state_;
 };
+
+/// Whether this machine has an IPv6 loopback (::1) to listen on; for doctest's skip decorator,
+/// so that a test that cannot run here reports itself skipped.
+inline bool has_ipv6_loopback()
+{
+    asio::io_context ctx;
+    asio::ip::tcp::acceptor a(ctx);
+    boost::system::error_code ec;
+    a.open(asio::ip::tcp::v6(), ec);
+    if (!ec)
+        a.bind(asio::ip::tcp::endpoint(asio::ip::make_address("::1"), 0), ec);
+    return !ec;
+}
 
 /// A loopback port where nothing listens: connecting to it is refused.
 inline std::uint16_t closed_port(asio::any_io_executor ex)
