@@ -31,6 +31,12 @@ void client_flags::define(CLI::App& c)
     c.add_option("--max-frame", max_frame, "Largest message or acknowledgement")
         ->type_name("BYTES")
         ->capture_default_str();
+    c.add_option("--window", window,
+                 "Messages written before their ACKs, each ACK matched to its message by MSA-2 (1: each\n"
+                 "message waits for the previous one's ACK; more needs a peer that reads pipelined messages)")
+        ->type_name("N")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1024}))
+        ->capture_default_str();
     c.add_flag("--tls", tls, "Use TLS (implied by any --tls-* option); the server's certificate is verified");
     c.add_option("--tls-ca", tls_ca, "PEM file of the CAs to trust (default: the system's)")->type_name("FILE");
     c.add_option("--tls-cert", tls_cert, "PEM client certificate, for mutual TLS")->type_name("FILE");
@@ -56,6 +62,7 @@ connection_options client_flags::options() const
     co.connect_timeout = to_ms(connect_timeout);
     co.ack_timeout = to_ms(ack_timeout);
     co.max_frame = max_frame;
+    co.max_in_flight = window;
     co.reconnect.max_attempts = retries;
     if (tls || tls_insecure || !tls_ca.empty() || !tls_cert.empty() || !tls_key.empty() || !tls_server_name.empty()) {
         if (tls_cert.empty() != tls_key.empty())

@@ -26,13 +26,14 @@ struct client_flags {
     double connect_timeout = 5; ///< seconds, per attempt (TCP connect and TLS handshake)
     unsigned retries = 3;       ///< consecutive failed connection attempts before giving up
     std::size_t max_frame = mllp::default_max_frame;
+    std::size_t window = 1; ///< messages written before their ACKs (connection_options::max_in_flight)
     /// TLS (on when `tls` or any tls_* option is given).
     bool tls = false;
     std::string tls_ca, tls_cert, tls_key, tls_server_name;
     bool tls_insecure = false;
 
     /// Defines the flags on `command`: --host, --port (required), --ack-timeout,
-    /// --connect-timeout, --retries, --max-frame and the --tls-* flags.
+    /// --connect-timeout, --retries, --max-frame, --window and the --tls-* flags.
     void define(CLI::App& command);
 
     /// Checks the values (throws failure, usage) and makes the connection options they say.

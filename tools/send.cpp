@@ -150,7 +150,7 @@ private:
     // Starts what can be started, prints what is finished, and finishes when all is done.
     void pump()
     {
-        while (outstanding_ < window && !input_done_ && !waiting_input_) {
+        while (outstanding_ < window() && !input_done_ && !waiting_input_) {
             bool finished = false;
             std::optional<input_message> item = reader_.poll(finished);
             if (!item) {
@@ -296,8 +296,9 @@ private:
         });
     }
 
-    // Messages handed to the connection at once: the one on the wire and the next, queued.
-    static constexpr std::size_t window = 2;
+    // Messages handed to the connection at once: those the connection may have in flight
+    // (--window) and one more, queued, so that the next is ready the moment an ACK frees a place.
+    std::size_t window() const { return options_.client.window + 1; }
 
     asio::io_context& ctx_;
     const send_options& options_;

@@ -15,8 +15,8 @@
 //   - Messages go in order: up to `window` messages are in flight, the next only behind those
 //     before it. On the first failure, the later ones still queued in the connection are
 //     withdrawn (partial cancellation), every outstanding send is waited for, and the lane
-//     resumes from its earliest message that is not final. (The lane runs with a window of 1
-//     today; the list keeps a wider window a small change.)
+//     resumes from its earliest message that is not final. The window is the connection's
+//     max_in_flight (1 by default).
 //   - Changes are written one transaction at a time, in the order they were decided; the
 //     changes decided while one is being written go together in the next.
 #pragma once

@@ -232,7 +232,7 @@ public:
 private:
     static detail::lane_core::settings settings(const outbox::impl& box, const outbox_run_options& o)
     {
-        return {.window = 1,
+        return {.window = std::max<std::size_t>(o.connection.max_in_flight, 1),
                 .batch = 32,
                 .renew_every = std::max<outbox_clock::duration>(box.options.lease_ttl / 3, std::chrono::milliseconds(1)),
                 .retry = o.retry,

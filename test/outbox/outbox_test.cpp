@@ -72,7 +72,7 @@ struct recording_server {
         : log(std::make_shared<shared>())
     {
         hl7::server_options o{.host = "127.0.0.1", .port = 0};
-        o.handler = [log = log, verdict](const hl7::message& m) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
+        o.handler = [log = log, verdict](const hl7::message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
             {
                 std::lock_guard lock(log->mutex);
                 log->received.emplace_back(m.control_id());
@@ -451,6 +451,52 @@ TEST_CASE("a partition key splits a destination into lanes, each over its own co
         }
         co_await box.close();
         co_await peer.server->async_close(asio::use_awaitable);
+    }, 30s);
+}
+
+TEST_CASE("with a window of eight, a lane writes eight messages before the first ACK and records each ACK for its own message")
+{
+    hl7::test::temp_dir dir;
+    run_async([&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        // Answers only once it holds eight messages, and then last first: a lane with fewer in
+        // flight gets no answer, one that matched ACKs by position records them wrongly.
+        hl7::test::peer p(ex, [](hl7::test::peer_link& link, std::size_t) -> asio::awaitable<void> {
+            for (;;) {
+                std::vector<hl7::message> held;
+                while (held.size() < 8) {
+                    auto m = co_await link.read_message();
+                    if (!m)
+                        co_return;
+                    held.push_back(std::move(*m));
+                }
+                std::string replies;
+                for (auto it = held.rbegin(); it != held.rend(); ++it)
+                    replies += hl7::test::peer_link::ack_bytes(*it);
+                if (!co_await link.write(replies))
+                    co_return;
+            }
+        });
+        auto box = open_box(ex, dir);
+        const hl7::outbox_destination to{.host = "127.0.0.1", .port = p.port()};
+        const auto names = numbered("WIN", 40);
+        const hl7::enqueue_options one_lane{};
+        const auto ids = co_await enqueue_all(box, to, names, one_lane);
+        auto options = quick();
+        options.connection.ack_timeout = 5s;
+        options.connection.max_in_flight = 8;
+        CHECK((co_await box.run(to, options)).has_value());
+        CHECK(p.received() == names);
+        CHECK(p.accepted() == 1);
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            const hl7::outbox_record r = co_await get(box, ids[i]);
+            CHECK(r.state == outbox_state::acknowledged);
+            CHECK(r.ack.find("MSA|AA|" + names[i] + "\r") != std::string::npos);
+            CHECK(r.attempts == 1);
+            CHECK_FALSE(r.possible_duplicate);
+        }
+        co_await box.close();
+        p.stop();
     }, 30s);
 }
 

@@ -38,7 +38,7 @@ using namespace std::chrono_literals;
 inline std::string env_path(const char* name)
 {
     const char* value = std::getenv(name);
-    REQUIRE_MESSAGE(value != nullptr, "environment variable " << name << " is not set (run through meson test)");
+    REQUIRE_MESSAGE(value != nullptr, "environment variable " << std::string(name) << " is not set (run through meson test)");
     return value;
 }
 

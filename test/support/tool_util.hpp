@@ -170,10 +170,4 @@ private:
     std::uint16_t port_ = 0;
 };
 
-/// True when this machine has an IPv6 loopback to bind to.
-inline bool ipv6_loopback_available()
-{
-    return loopback_socket(true).bound();
-}
-
 } // namespace hl7::test

@@ -2,6 +2,7 @@
 #include "support/async_util.hpp"
 #include "support/flat_json.hpp"
 #include "support/server_peers.hpp"
+#include "support/peer.hpp"
 #include "support/tool_util.hpp"
 #include "support/util.hpp"
 
@@ -60,7 +61,7 @@ TEST_CASE("listen prints its real port at once through a pipe when asked for por
     CHECK(l.stop().status == 0);
 }
 
-TEST_CASE("listen on the IPv6 loopback prints the address in brackets" * doctest::skip(!hl7::test::ipv6_loopback_available()))
+TEST_CASE("listen on the IPv6 loopback prints the address in brackets" * doctest::skip(!hl7::test::has_ipv6_loopback()))
 {
     listener l({}, "[::1]");
     CHECK(std::regex_match(l.first_line(), std::regex(R"(listening on \[::1\]:[1-9]\d*)")));

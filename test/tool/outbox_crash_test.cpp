@@ -38,7 +38,7 @@ public:
     receiver() : log_(std::make_shared<shared>())
     {
         hl7::server_options o{.host = "127.0.0.1", .port = 0};
-        o.handler = [log = log_](const hl7::message& m) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
+        o.handler = [log = log_](const hl7::message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
             {
                 std::lock_guard lock(log->mutex);
                 log->received.emplace_back(m.control_id());

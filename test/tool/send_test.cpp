@@ -1,15 +1,21 @@
 // `hl7 send` against `hl7 listen` (and against loopback sockets that refuse or never answer):
 // result lines, exit statuses, JSON output and every accepted input form.
 #include "support/flat_json.hpp"
+#include "support/peer.hpp"
 #include "support/tool_util.hpp"
+#include "support/util.hpp"
 
 #include <doctest/doctest.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
 
 #include <array>
 #include <chrono>
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -83,7 +89,7 @@ TEST_CASE("the samples sent to hl7 listen over IPv4 each get a result line with 
     CHECK(l.stop().status == 0);
 }
 
-TEST_CASE("send and listen work over the IPv6 loopback, with or without brackets" * doctest::skip(!hl7::test::ipv6_loopback_available()))
+TEST_CASE("send and listen work over the IPv6 loopback, with or without brackets" * doctest::skip(!hl7::test::has_ipv6_loopback()))
 {
     listener l({}, "::1");
     CHECK(l.first_line() == "listening on [::1]:" + l.port());
@@ -165,17 +171,17 @@ TEST_CASE("every message gets its line when the connection gives up: the rest ar
     listener l;
     child sender({tool(), "send", "--port", l.port(), "--retries", "2"});
     for (int i = 1; i <= 3; ++i)
-        sender.write(small_message("D" + std::to_string(i)) + "\r");
+        sender.write(small_message(hl7::test::label("D", i)) + "\r");
     for (int i = 1; i <= 3; ++i) {
         const auto line = sender.read_line(5s);
         REQUIRE(line.has_value());
-        check_acknowledged(*line, i, "D" + std::to_string(i), "AA");
+        check_acknowledged(*line, i, hl7::test::label("D", i), "AA");
     }
     l.stop(SIGKILL); // the peer dies mid-stream; its port then refuses connections
     const auto started = std::chrono::steady_clock::now();
     std::string rest;
     for (int i = 4; i <= 2000; ++i)
-        rest += small_message("D" + std::to_string(i)) + "\r";
+        rest += small_message(hl7::test::label("D", i)) + "\r";
     sender.write(rest);
     sender.close_stdin();
     const auto r = sender.wait(60s);
@@ -187,7 +193,7 @@ TEST_CASE("every message gets its line when the connection gives up: the rest ar
         const auto w = words(out[k]);
         REQUIRE(w.size() >= 6);
         CHECK(w[0] == std::to_string(k + 1));
-        CHECK(w[1] == "D" + std::to_string(k + 1));
+        CHECK(w[1] == hl7::test::label("D", k + 1));
     }
     // The message sent as the peer died may have been written; every later one says it was not sent,
     // with the reason of the last attempt.
@@ -416,4 +422,96 @@ TEST_CASE("with standard error on a terminal, a long run shows a progress line a
     CHECK(shown.find(" msg/s") != std::string::npos);
     CHECK(shown.ends_with("\r\033[K")); // cleared at the end
     CHECK(shown.find('\n') == std::string::npos);
+}
+
+namespace {
+
+// A peer that reads `batch` messages before answering any, then answers them last first: only
+// a sender with that many messages in flight gets answers, and only one that matches each ACK
+// by its MSA-2 gets them right. Runs on a thread of its own.
+class batching_peer {
+public:
+    explicit batching_peer(std::size_t batch)
+        : peer_(ctx_.get_executor(), [batch](peer_link& link, std::size_t) -> asio::awaitable<void> {
+              for (;;) {
+                  std::vector<hl7::message> held;
+                  while (held.size() < batch) {
+                      auto m = co_await link.read_message();
+                      if (!m)
+                          co_return;
+                      held.push_back(std::move(*m));
+                  }
+                  std::string replies;
+                  for (auto it = held.rbegin(); it != held.rend(); ++it)
+                      replies += peer_link::ack_bytes(*it);
+                  if (!co_await link.write(replies))
+                      co_return;
+              }
+          })
+    {
+    }
+    batching_peer(const batching_peer&) = delete;
+    ~batching_peer() { stop(); }
+
+    std::string port() const { return std::to_string(peer_.port()); }
+    /// Stops the peer; received() may be read afterwards.
+    void stop()
+    {
+        if (!thread_.joinable())
+            return;
+        asio::post(ctx_, [this] { peer_.stop(); });
+        work_.reset();
+        thread_.join();
+    }
+    const std::vector<std::string>& received() const { return peer_.received(); }
+
+private:
+    asio::io_context ctx_;
+    peer peer_;
+    asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(ctx_);
+    std::thread thread_{[this] { ctx_.run(); }};
+};
+
+} // namespace
+
+TEST_CASE("with --window 8, eight messages are written before the first ACK, and ACKs that come last first each answer their own message")
+{
+    batching_peer p(8);
+    std::string input;
+    for (int i = 1; i <= 32; ++i)
+        input += small_message(hl7::test::label("W", i)) + "\r";
+    const auto r = run({tool(), "send", "--port", p.port(), "--window", "8", "--ack-timeout", "20"}, input);
+    p.stop();
+    CHECK(r.status == 0);
+    CHECK(r.err == "");
+    const auto out = lines(r.out);
+    REQUIRE(out.size() == 32);
+    for (int i = 1; i <= 32; ++i)
+        check_acknowledged(out[static_cast<std::size_t>(i - 1)], i, hl7::test::label("W", i), "AA");
+    REQUIRE(p.received().size() == 32);
+    for (int i = 1; i <= 32; ++i)
+        CHECK(p.received()[static_cast<std::size_t>(i - 1)] == hl7::test::label("W", i)); // written in input order
+}
+
+TEST_CASE("without --window, a peer that waits for several messages before answering times the first one out")
+{
+    batching_peer p(2);
+    const auto r = run({tool(), "send", "--port", p.port(), "--ack-timeout", "1"}, small_message("ONE") + "\r" +
+                                                                                     small_message("TWO") + "\r");
+    p.stop();
+    CHECK(r.status == 1);
+    const auto out = lines(r.out);
+    REQUIRE(out.size() == 2);
+    CHECK(out[0].find("no acknowledgement within the ACK timeout") != std::string::npos);
+    REQUIRE(!p.received().empty());
+    CHECK(p.received()[0] == "ONE");
+}
+
+TEST_CASE("--window must be between 1 and 1024")
+{
+    for (const char* w : {"0", "1025", "x"}) {
+        const auto r = run({tool(), "send", "--port", "1", "--window", w}, small_message("X") + "\r");
+        CHECK(r.status == 2);
+        CHECK(r.err.find("--window") != std::string::npos);
+    }
 }

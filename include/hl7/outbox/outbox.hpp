@@ -193,8 +193,11 @@ struct outbox_retry_policy {
 
 /// How async_run delivers.
 struct outbox_run_options {
-    /// For each lane's connection. The lane sends one message at a time; a connection that
-    /// gives up (reconnect.max_attempts) is started again after the retry policy's delay.
+    /// For each lane's connection; a connection that gives up (reconnect.max_attempts) is
+    /// started again after the retry policy's delay. Its max_in_flight is the lane's window:
+    /// up to that many of the lane's messages are written before their ACKs, in order; on a
+    /// failure the later ones are withdrawn or, if written, left in the written state (flagged
+    /// when sent again), and the lane resumes from its earliest message that is not final.
     connection_options connection = {};
     outbox_retry_policy retry = {};
     /// Complete once nothing is pending for the destination (every message final), instead of
