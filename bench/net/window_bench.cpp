@@ -120,14 +120,25 @@ private:
             const steady::time_point now = steady::now();
             decoder.feed(std::string_view(buf.data(), n));
             bool added = false;
+            std::string now_due; // without a delay, answered from here: no trip through the writer
             while (auto frame = decoder.next()) {
                 if (!*frame)
                     break;
+                if (delay_ == steady::duration::zero()) {
+                    now_due += framed_ack(control_id_of(frame->value()));
+                    continue;
+                }
                 l->pending.push_back({now + delay_, framed_ack(control_id_of(frame->value()))});
                 added = true;
             }
             if (added)
                 l->wake.cancel();
+            if (!now_due.empty()) {
+                auto [wec, written] = co_await asio::async_write(l->socket, asio::buffer(now_due),
+                                                                 asio::as_tuple(asio::use_awaitable));
+                if (wec)
+                    break;
+            }
         }
         l->closed = true;
         l->wake.cancel();
