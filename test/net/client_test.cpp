@@ -1632,20 +1632,7 @@ TEST_CASE("with a window, messages are written before the first ACK and the peer
     run_async([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         // Reads eight messages before answering any: with a window of eight, nothing waits.
-        peer p(ex, [](peer_link& l, std::size_t) -> asio::awaitable<void> {
-            std::vector<message> got;
-            for (int i = 0; i < 8; ++i) {
-                auto m = co_await l.read_message();
-                if (!m)
-                    co_return;
-                got.push_back(std::move(*m));
-            }
-            std::string all;
-            for (auto it = got.rbegin(); it != got.rend(); ++it)
-                all += peer_link::ack_bytes(*it);
-            co_await l.write(all);
-            co_await l.serve();
-        });
+        peer p(ex, hl7::test::answer_in_batches(8));
         auto client = make_client(ex);
         auto options = quick();
         options.max_in_flight = 8;

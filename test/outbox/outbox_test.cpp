@@ -459,24 +459,7 @@ TEST_CASE("with a window of eight, a lane writes eight messages before the first
     hl7::test::temp_dir dir;
     run_async([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        // Answers only once it holds eight messages, and then last first: a lane with fewer in
-        // flight gets no answer, one that matched ACKs by position records them wrongly.
-        hl7::test::peer p(ex, [](hl7::test::peer_link& link, std::size_t) -> asio::awaitable<void> {
-            for (;;) {
-                std::vector<hl7::message> held;
-                while (held.size() < 8) {
-                    auto m = co_await link.read_message();
-                    if (!m)
-                        co_return;
-                    held.push_back(std::move(*m));
-                }
-                std::string replies;
-                for (auto it = held.rbegin(); it != held.rend(); ++it)
-                    replies += hl7::test::peer_link::ack_bytes(*it);
-                if (!co_await link.write(replies))
-                    co_return;
-            }
-        });
+        hl7::test::peer p(ex, hl7::test::answer_in_batches(8));
         auto box = open_box(ex, dir);
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = p.port()};
         const auto names = numbered("WIN", 40);

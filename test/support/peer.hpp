@@ -209,6 +209,29 @@ private:
     std::shared_ptr<shared> state_;
 };
 
+/// A script that reads `batch` messages before answering any, then answers them last first
+/// (AA), and again, until the client closes: only a sender with that many messages in flight
+/// gets answers, and only one that matches each ACK by its MSA-2 gets them right.
+inline peer::script answer_in_batches(std::size_t batch)
+{
+    return [batch](peer_link& link, std::size_t) -> asio::awaitable<void> {
+        for (;;) {
+            std::vector<message> held;
+            while (held.size() < batch) {
+                auto m = co_await link.read_message();
+                if (!m)
+                    co_return;
+                held.push_back(std::move(*m));
+            }
+            std::string replies;
+            for (auto it = held.rbegin(); it != held.rend(); ++it)
+                replies += peer_link::ack_bytes(*it);
+            if (!co_await link.write(replies))
+                co_return;
+        }
+    };
+}
+
 /// Whether this machine has an IPv6 loopback (::1) to listen on; for doctest's skip decorator,
 /// so that a test that cannot run here reports itself skipped.
 inline bool has_ipv6_loopback()

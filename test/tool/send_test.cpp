@@ -426,30 +426,10 @@ TEST_CASE("with standard error on a terminal, a long run shows a progress line a
 
 namespace {
 
-// A peer that reads `batch` messages before answering any, then answers them last first: only
-// a sender with that many messages in flight gets answers, and only one that matches each ACK
-// by its MSA-2 gets them right. Runs on a thread of its own.
+// answer_in_batches on a thread of its own, for the tool to talk to.
 class batching_peer {
 public:
-    explicit batching_peer(std::size_t batch)
-        : peer_(ctx_.get_executor(), [batch](peer_link& link, std::size_t) -> asio::awaitable<void> {
-              for (;;) {
-                  std::vector<hl7::message> held;
-                  while (held.size() < batch) {
-                      auto m = co_await link.read_message();
-                      if (!m)
-                          co_return;
-                      held.push_back(std::move(*m));
-                  }
-                  std::string replies;
-                  for (auto it = held.rbegin(); it != held.rend(); ++it)
-                      replies += peer_link::ack_bytes(*it);
-                  if (!co_await link.write(replies))
-                      co_return;
-              }
-          })
-    {
-    }
+    explicit batching_peer(std::size_t batch) : peer_(ctx_.get_executor(), answer_in_batches(batch)) {}
     batching_peer(const batching_peer&) = delete;
     ~batching_peer() { stop(); }
 
