@@ -13,12 +13,12 @@
 // earliest deadline; nothing is written once close() was called.
 #pragma once
 
-#include "core/action.hpp"
+#include "core/connection_action.hpp"
 #include "core/flight_window.hpp"
 #include "core/lazy_timer.hpp"
 #include "core/link_life.hpp"
 #include "core/send_queue.hpp"
-#include "core/shared.hpp"
+#include "core/connection_shared.hpp"
 
 #include <hl7/net/client.hpp>
 #include <hl7/model/mllp.hpp>

@@ -3,7 +3,7 @@
 // messages that finished last, so that their late or repeated ACKs are recognised.
 #pragma once
 
-#include "core/action.hpp"
+#include "core/connection_action.hpp"
 
 #include <hl7/model/ack.hpp>
 

@@ -6,7 +6,7 @@
 // each a system call, per message.
 #pragma once
 
-#include "core/action.hpp"
+#include "core/connection_action.hpp"
 
 namespace hl7::detail {
 

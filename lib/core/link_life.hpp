@@ -4,9 +4,9 @@
 // reports of an abandoned one are told apart and ignored.
 #pragma once
 
-#include "core/action.hpp"
+#include "core/connection_action.hpp"
 #include "core/backoff.hpp"
-#include "core/shared.hpp"
+#include "core/connection_shared.hpp"
 
 #include <hl7/net/client.hpp>
 

@@ -2,8 +2,8 @@
 // of its wait.
 #pragma once
 
-#include "core/action.hpp"
-#include "core/shared.hpp"
+#include "core/connection_action.hpp"
+#include "core/connection_shared.hpp"
 
 #include <algorithm>
 #include <deque>

@@ -2,7 +2,7 @@
 #pragma once
 
 #include "core/connection_core.hpp"
-#include "core/shared.hpp"
+#include "core/connection_shared.hpp"
 #include "net/strand.hpp"
 #include "net/session.hpp"
 #include "net/tls.hpp"

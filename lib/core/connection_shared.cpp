@@ -1,4 +1,4 @@
-#include "core/shared.hpp"
+#include "core/connection_shared.hpp"
 
 namespace hl7::detail {
 

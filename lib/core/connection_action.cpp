@@ -1,4 +1,4 @@
-#include "core/action.hpp"
+#include "core/connection_action.hpp"
 
 #include <ostream>
 
