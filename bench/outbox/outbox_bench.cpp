@@ -191,8 +191,10 @@ struct counting_server {
 };
 
 // Delivery through the outbox: `per_iteration` messages stored (not timed), then delivered to
-// the library's server by a run until nothing is pending, over `lanes` lanes.
-void deliver(benchmark::State& state, hl7::outbox_synchronous sync, int per_iteration, std::uint32_t lanes)
+// the library's server by a run until nothing is pending, over `lanes` lanes, each with a
+// window of `window` messages in flight.
+void deliver(benchmark::State& state, hl7::outbox_synchronous sync, int per_iteration, std::uint32_t lanes,
+             std::size_t window = 1)
 {
     scratch s;
     counting_server server;
@@ -202,6 +204,9 @@ void deliver(benchmark::State& state, hl7::outbox_synchronous sync, int per_iter
     // Stored quickly; delivered under the synchronous mode measured.
     auto filler = open(ctx, s.file("outbox.db"), hl7::outbox_synchronous::normal);
     auto box = open(ctx, s.file("outbox.db"), sync);
+    hl7::outbox_run_options until_empty;
+    until_empty.until_empty = true;
+    until_empty.connection.max_in_flight = window;
     std::uint64_t next_id = 0;
     bool wrong = false;
     for (auto _ : state) {
@@ -212,7 +217,7 @@ void deliver(benchmark::State& state, hl7::outbox_synchronous sync, int per_iter
         ctx.restart();
         ctx.run();
         state.ResumeTiming();
-        box.async_run(to, {.until_empty = true}, [&](error_code ec) { wrong = wrong || ec; });
+        box.async_run(to, until_empty, [&](error_code ec) { wrong = wrong || ec; });
         ctx.restart();
         ctx.run();
     }
@@ -271,6 +276,10 @@ BENCHMARK_CAPTURE(sqlite_baseline, one_transaction, 1000)
 BENCHMARK_CAPTURE(deliver, full, hl7::outbox_synchronous::full, 200, 1)->Name("outbox/deliver")->MinTime(2.0)->UseRealTime();
 BENCHMARK_CAPTURE(deliver, normal, hl7::outbox_synchronous::normal, 2000, 1)
     ->Name("outbox/deliver_normal")
+    ->MinTime(2.0)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(deliver, window_16, hl7::outbox_synchronous::full, 800, 1, 16)
+    ->Name("outbox/deliver_window_16")
     ->MinTime(2.0)
     ->UseRealTime();
 BENCHMARK_CAPTURE(deliver, lanes_8, hl7::outbox_synchronous::full, 800, 8)
