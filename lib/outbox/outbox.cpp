@@ -568,7 +568,14 @@ void lane_runner::step()
             box_->store->claim({destination_, lane_}, box_->owner, box_->options.lease_ttl, outbox_clock::now(),
                                on_strand([first = lease_.token == 0](lane_runner& self, error_code ec, detail::lease l) {
                                    if (!ec) {
+                                       // A renewal that comes back with another token: the lease
+                                       // changed hands meanwhile, so what this lane holds is stale.
+                                       const bool changed = !first && l.token != self.lease_.token;
                                        self.lease_ = std::move(l);
+                                       if (changed)
+                                           ec = outbox_errc::lease_lost;
+                                   }
+                                   if (!ec) {
                                        if (!self.conn_) {
                                            auto made = self.run_->connect_lane();
                                            if (made)

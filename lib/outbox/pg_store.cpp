@@ -627,7 +627,9 @@ public:
     }
 
     // One transaction: the lease's row locked and its token checked first, so that a takeover
-    // waits for this commit or this transaction sees the takeover and writes nothing. Outcome
+    // waits for this commit or this transaction sees the takeover and writes nothing. A change
+    // to a message that is no longer pending (only the lease holder changes pending messages)
+    // means the lane's view is stale: nothing is written then either. Outcome
     // numbers are taken last, under the counter row's lock until the commit: numbers are
     // committed in their order, so a reader that sees outcome n has every outcome before it
     // (a stream cursor never skips one that commits late). The price is that finishing
@@ -658,6 +660,8 @@ public:
                                     "lane = $5 AND state < 2",
                                 {std::to_string(to_ms(ch.at)), ch.possible_duplicate ? "true" : "false",
                                  std::to_string(ch.id), l.lane.destination, lane, token});
+                    if (r.affected() != 1)
+                        co_return error_code(outbox_errc::lease_lost);
                     break;
                 case lane_change::kind::requeued:
                     HL7_PG_EXEC(r, c,
@@ -667,6 +671,8 @@ public:
                                 {ch.uncount ? "1" : "0",
                                  ch.error.empty() ? std::nullopt : std::optional<std::string>(hex(ch.error)),
                                  std::to_string(ch.id), l.lane.destination, lane, token});
+                    if (r.affected() != 1)
+                        co_return error_code(outbox_errc::lease_lost);
                     break;
                 case lane_change::kind::finished: ++finishing; break;
                 }
@@ -692,6 +698,8 @@ public:
                                  std::to_string(ch.round_trip.count()),
                                  ch.error.empty() ? std::nullopt : std::optional<std::string>(hex(ch.error)),
                                  std::to_string(outcome++), std::to_string(ch.id), l.lane.destination, lane, token});
+                    if (r.affected() != 1)
+                        co_return error_code(outbox_errc::lease_lost);
                 }
             }
             HL7_PG_EXEC(r, c, "COMMIT");
