@@ -22,6 +22,7 @@
 #include <csignal>
 #include <cstdio>
 #include <future>
+#include <map>
 #include <mutex>
 
 namespace hl7::tool {
@@ -222,6 +223,13 @@ int run_run(const run_options& o)
         metrics->on(e);
         if (e.what == outbox_event::kind::outcome)
             write_stdout(outcome_line(e, json));
+        // On a shared store a lane may stop without stopping the run: say so.
+        if (e.what == outbox_event::kind::lane_stopped &&
+            (e.error == outbox_errc::lease_lost || e.error == outbox_errc::store_unavailable)) {
+            std::fprintf(stderr, "hl7: lane %u: %s (lease token %llu); trying again later\n", e.lane,
+                         e.error.message().c_str(), static_cast<unsigned long long>(e.token));
+            std::fflush(stderr);
+        }
     });
     const outbox_destination to{.host = o.client.host, .port = static_cast<std::uint16_t>(o.client.port)};
     std::optional<metrics_endpoint> endpoint;
@@ -372,13 +380,28 @@ int run_list(const list_flags& o)
     asio::io_context ctx;
     outbox box = o.outbox.open(ctx.get_executor(), true);
     io_thread io(ctx);
+    // Who delivers each lane now: a pending message is in that instance's hands.
+    std::map<std::pair<std::string, std::uint32_t>, std::string> holders;
+    const auto now = outbox_clock::now();
+    for (const outbox_lane_status& s :
+         result_of<std::vector<outbox_lane_status>>([&](auto h) { box.async_status(std::move(h)); }, o.outbox.path))
+        if (!s.lease_owner.empty() && s.lease_expires && *s.lease_expires > now)
+            holders[{s.destination, s.lane}] = s.lease_owner;
     std::int64_t after = 0;
     for (;;) {
         const auto page = result_of<std::vector<outbox_record>>(
             [&](auto h) { box.async_list({.states = states, .after_id = after, .limit = 1000}, std::move(h)); },
             o.outbox.path);
-        for (const outbox_record& r : page)
-            write_stdout(o.json ? record_json(r) : record_text(r));
+        for (const outbox_record& r : page) {
+            std::string line = o.json ? record_json(r) : record_text(r);
+            if (auto it = holders.find({r.destination, r.lane}); it != holders.end() && !is_final(r.state)) {
+                line.pop_back(); // the newline, and for JSON the closing brace
+                if (o.json)
+                    line.pop_back();
+                line += o.json ? ",\"lease_owner\":" + json_string(it->second) + "}\n" : " lease " + it->second + "\n";
+            }
+            write_stdout(line);
+        }
         if (page.size() < 1000)
             break;
         after = page.back().id;
@@ -457,6 +480,7 @@ command define_outbox(CLI::App& app)
               "Exit status: 0 when stopped by a signal (or, with --until-empty, once nothing is pending), 1 for an\n"
               "error (another process delivering from the outbox, the outbox failing), 2 for a usage error.");
     run->outbox.define(*r, true, true);
+    run->outbox.define_lease(*r);
     run->client.define(*r);
     run->retry.define(*r);
     r->add_flag("--until-empty", run->until_empty, "Stop once nothing is pending for the destination");
@@ -499,7 +523,8 @@ command define_outbox(CLI::App& app)
     auto ls = std::make_shared<list_flags>();
     CLI::App* l = box->add_subcommand("list", "List messages, by outbox id");
     l->footer("One line per message: <id> <destination> <lane> <MSH-10> <state> <attempts> <MSA-1> <enqueued at>\n"
-              "[possible-duplicate] [error].");
+              "[possible-duplicate] [error] [lease <instance>]: a pending message whose lane an instance holds the\n"
+              "lease of names it (JSON: lease_owner).");
     ls->outbox.define(*l, true, false);
     l->add_option("--state", ls->state,
                   "queued, written, acknowledged, rejected, failed, pending (queued or written), dead (rejected or "

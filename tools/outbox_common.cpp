@@ -25,10 +25,14 @@ void outbox_flags::define(CLI::App& c, bool required, bool stores)
 {
     auto* o = c.add_option("--outbox", path,
                            "The outbox: an SQLite file (created if missing, with <file>.lock beside it), or a "
-                           "postgresql:// URL (not supported yet)")
-                  ->type_name("PATH");
+                           "PostgreSQL database as a libpq URI, postgresql://... or postgres://... (shared by "
+                           "several instances)")
+                  ->type_name("PATH|URL");
     if (required)
         o->required();
+    c.add_option("--schema", schema, "PostgreSQL: the schema of the outbox's tables (created if missing)")
+        ->type_name("NAME")
+        ->capture_default_str();
     if (stores)
         c.add_option("--synchronous", synchronous,
                      "full: each commit survives a power loss; normal: each commit survives a crash of the process, "
@@ -37,13 +41,24 @@ void outbox_flags::define(CLI::App& c, bool required, bool stores)
             ->capture_default_str();
 }
 
+void outbox_flags::define_lease(CLI::App& c)
+{
+    c.add_option("--lease-ttl", lease_ttl,
+                 "PostgreSQL: how long a lane's lease lasts without renewal (renewed every third of it); another "
+                 "instance takes the lanes of one that died over once their leases expire")
+        ->type_name("SECONDS")
+        ->capture_default_str();
+}
+
 outbox outbox_flags::open(boost::asio::any_io_executor ex, bool must_exist,
                           std::function<void(const outbox_event&)> observer) const
 {
     if (synchronous != "full" && synchronous != "normal")
         throw failure(exit_usage, "invalid --synchronous '" + synchronous + "': full or normal");
     if (path.empty())
-        throw failure(exit_usage, "--outbox must name a file");
+        throw failure(exit_usage, "--outbox must name a file or a PostgreSQL URL");
+    if (!(lease_ttl >= 0.003 && lease_ttl <= 86400.0 * 365))
+        throw failure(exit_usage, "invalid --lease-ttl: a number of seconds, at least 0.003");
     const outbox_location where = parse_outbox_location(path);
     if (where.what == outbox_location::kind::sqlite && must_exist) {
         std::error_code ignored;
@@ -55,6 +70,9 @@ outbox outbox_flags::open(boost::asio::any_io_executor ex, bool must_exist,
     auto box = outbox::open(std::move(ex), {.location = path,
                                             .synchronous = synchronous == "full" ? outbox_synchronous::full
                                                                                  : outbox_synchronous::normal,
+                                            .lease_ttl = std::chrono::milliseconds(
+                                                static_cast<std::int64_t>(lease_ttl * 1000.0)),
+                                            .schema = schema,
                                             .observer = std::move(observer)});
     if (!box)
         throw failure(exit_failed, "cannot open the outbox " + path + ": " + describe(box.error()));

@@ -23,13 +23,17 @@ namespace hl7::tool {
 
 class message_reader;
 
-/// --outbox and --synchronous.
+/// --outbox, --synchronous, --schema and (for outbox run) --lease-ttl.
 struct outbox_flags {
     std::string path;
     std::string synchronous = "full";
+    std::string schema = "hl7_outbox";
+    double lease_ttl = 30; ///< seconds
 
-    /// Defines --outbox (required or not) and, for commands that store, --synchronous.
+    /// Defines --outbox (required or not), --schema and, for commands that store, --synchronous.
     void define(CLI::App& command, bool required, bool stores);
+    /// Defines --lease-ttl.
+    void define_lease(CLI::App& command);
 
     /// Opens the outbox (throws failure: usage for a bad --synchronous, failed for an outbox
     /// that cannot be opened). `must_exist`: an SQLite file that does not exist is an error

@@ -37,12 +37,13 @@ lane_core::lane_core(const settings& s) : settings_(s), schedule_(s.retry, s.see
     settings_.batch = std::max(settings_.batch, settings_.window);
 }
 
-void lane_core::start(outbox_clock::time_point)
+void lane_core::start(outbox_clock::time_point now)
 {
     if (started_ || stopped_)
         return;
     started_ = true;
     claiming_ = true;
+    claim_asked_ = now;
     actions_.push_back(action::claim());
 }
 
@@ -62,6 +63,8 @@ void lane_core::claimed(boost::system::error_code ec, outbox_clock::time_point n
     } else {
         holding_ = true;
         renew_at_ = now + settings_.renew_every;
+        if (settings_.lease_ttl > outbox_clock::duration::zero())
+            lease_until_ = claim_asked_ + settings_.lease_ttl;
     }
     pump(now);
 }
@@ -99,6 +102,7 @@ void lane_core::recorded(boost::system::error_code ec, outbox_clock::time_point 
         return;
     std::vector<lane_change> batch = std::move(recording_);
     recording_.clear();
+    bool expired = false;
     if (ec) {
         // Nothing of the batch was stored: a message marked is not sent, an outcome not stored
         // leaves its message written (sent again, flagged, by the next holder of the lane).
@@ -120,6 +124,11 @@ void lane_core::recorded(boost::system::error_code ec, outbox_clock::time_point 
             e->rec.possible_duplicate = e->rec.possible_duplicate || c.possible_duplicate;
             if (failed_) {
                 e->ph = phase::waiting;
+            } else if (now >= lease_until_) {
+                // Written in the store, so whoever delivers it next sends it flagged.
+                e->ph = phase::waiting;
+                e->in_doubt = true;
+                expired = true;
             } else if (stopping_ || draining_) {
                 // Not handed over after all: back to queued, and not counted as an attempt.
                 e->ph = phase::requeuing;
@@ -154,6 +163,8 @@ void lane_core::recorded(boost::system::error_code ec, outbox_clock::time_point 
         }
         }
     }
+    if (expired)
+        fail(outbox_errc::lease_lost);
     pump(now);
 }
 
@@ -226,6 +237,7 @@ void lane_core::timer_fired(outbox_clock::time_point now)
     if (holding_ && !claiming_ && now >= renew_at_) {
         claiming_ = true;
         renew_at_ = outbox_clock::time_point::max();
+        claim_asked_ = now;
         actions_.push_back(action::claim());
     }
     pump(now);

@@ -19,6 +19,9 @@
 //     max_in_flight (1 by default).
 //   - Changes are written one transaction at a time, in the order they were decided; the
 //     changes decided while one is being written go together in the next.
+//   - Nothing is handed over after the lease may have expired (settings::lease_ttl from the
+//     time the last successful claim was asked for): the lane stops instead, its message left
+//     written, so that an instance paused past its lease does not send beside the new owner.
 #pragma once
 
 #include "core/retry_policy.hpp"
@@ -83,6 +86,11 @@ public:
         std::size_t window = 1;                               ///< messages in flight at once
         std::size_t batch = 32;                               ///< messages read from the store at a time
         outbox_clock::duration renew_every = std::chrono::seconds(10); ///< lease renewal period
+        /// How long a claim holds the lease, counted from when the claim was asked for: a
+        /// message is not handed over once that time has passed (the lane stops with
+        /// outbox_errc::lease_lost), since another instance may have taken the lane over.
+        /// Zero: the lease never expires (one process delivers the store).
+        outbox_clock::duration lease_ttl{0};
         outbox_retry_policy retry = {};
         std::uint64_t seed = 0;                               ///< of the retry jitter
     };
@@ -192,6 +200,8 @@ private:
     bool failed_ = false;       // stopping because of error_: nothing more is written
     boost::system::error_code error_{};
     outbox_clock::time_point renew_at_ = outbox_clock::time_point::max();
+    outbox_clock::time_point claim_asked_{};
+    outbox_clock::time_point lease_until_ = outbox_clock::time_point::max();
     outbox_clock::time_point armed_ = outbox_clock::time_point::max();
     std::vector<action> actions_;
     std::size_t taken_ = 0;

@@ -304,6 +304,12 @@ void pq_connection::async_notification(notification_handler h)
     });
 }
 
+bool pq_connection::in_transaction() const noexcept
+{
+    const PGTransactionStatusType t = conn_ ? PQtransactionStatus(conn_) : PQTRANS_UNKNOWN;
+    return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
+}
+
 void pq_connection::close()
 {
     closed_ = true;

@@ -89,6 +89,9 @@ public:
     /// Ends the connection: what is waiting completes with operation_aborted.
     void close();
 
+    /// Whether a transaction is open (or failed and not yet rolled back) on the connection.
+    bool in_transaction() const noexcept;
+
     /// libpq's or the server's text for the last failure.
     const std::string& error_message() const noexcept { return error_; }
 

@@ -6,6 +6,9 @@
 #include "core/lane_core.hpp"
 #include "outbox/sqlite_store.hpp"
 #include "outbox/store.hpp"
+#ifdef HL7_OUTBOX_POSTGRESQL
+#include "outbox/pg_store.hpp"
+#endif
 
 #include <hl7/net/host.hpp>
 
@@ -21,6 +24,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <list>
 #include <map>
 #include <random>
@@ -172,9 +176,9 @@ struct outcome_waiter {
 } // namespace
 
 struct outbox::impl : std::enable_shared_from_this<outbox::impl> {
-    impl(asio::any_io_executor executor, outbox_options o, std::unique_ptr<detail::store> s)
+    impl(asio::any_io_executor executor, outbox_options o, std::unique_ptr<detail::store> s, bool shared_store)
         : ex(std::move(executor)), strand(asio::make_strand(ex)), options(std::move(o)), store(std::move(s)),
-          owner(make_owner()), poll(strand)
+          owner(make_owner()), shared(shared_store), poll(strand)
     {
     }
 
@@ -191,6 +195,7 @@ struct outbox::impl : std::enable_shared_from_this<outbox::impl> {
     outbox_options options;
     std::unique_ptr<detail::store> store;
     const std::string owner;
+    const bool shared; // several processes deliver from the store (PostgreSQL)
     // On the strand:
     std::map<std::string, std::shared_ptr<run_state>> runs;
     std::list<std::shared_ptr<outcome_waiter>> waiters;
@@ -207,9 +212,9 @@ namespace {
 class lane_runner : public std::enable_shared_from_this<lane_runner> {
 public:
     lane_runner(std::shared_ptr<outbox::impl> box, std::shared_ptr<run_state> run, std::string destination,
-                std::uint32_t lane, connection conn, const outbox_run_options& options)
+                std::uint32_t lane, const outbox_run_options& options)
         : box_(std::move(box)), run_(std::move(run)), destination_(std::move(destination)), lane_(lane),
-          conn_(std::move(conn)), core_(settings(*box_, options)), timer_(box_->strand)
+          core_(settings(*box_, options)), timer_(box_->strand)
     {
     }
 
@@ -235,6 +240,7 @@ private:
         return {.window = std::max<std::size_t>(o.connection.max_in_flight, 1),
                 .batch = 32,
                 .renew_every = std::max<outbox_clock::duration>(box.options.lease_ttl / 3, std::chrono::milliseconds(1)),
+                .lease_ttl = box.shared ? outbox_clock::duration(box.options.lease_ttl) : outbox_clock::duration::zero(),
                 .retry = o.retry,
                 .seed = random_seed()};
     }
@@ -258,7 +264,7 @@ private:
     std::shared_ptr<run_state> run_;
     std::string destination_;
     std::uint32_t lane_;
-    connection conn_;
+    std::optional<connection> conn_; // once the lease is first held: no connection for a lane held elsewhere
     detail::lane_core core_;
     detail::lease lease_{};
     asio::steady_timer timer_;
@@ -274,7 +280,7 @@ public:
     run_state(std::shared_ptr<outbox::impl> box, outbox_destination to, std::string key, outbox_run_options options,
               client c, handler<outbox::run_signature> h)
         : box_(std::move(box)), to_(std::move(to)), key_(std::move(key)), options_(std::move(options)),
-          client_(std::move(c)), poll_(box_->strand), handler_(std::move(h))
+          client_(std::move(c)), poll_(box_->strand), random_(random_seed()), handler_(std::move(h))
     {
     }
 
@@ -311,8 +317,9 @@ public:
             return;
         if (auto it = lanes_.find(lane); it != lanes_.end())
             it->second->wake();
-        else
+        else if (!box_->shared)
             add_lane(lane);
+        // On a shared store the next poll decides whether the lane is this instance's to take.
     }
 
     /// Dead letters were queued again: every lane looks, and lanes not running yet start.
@@ -333,17 +340,24 @@ public:
         else
             drained_.erase(lane);
         if (options_.until_empty && !stopping_ && !listing_ && drained_.size() == lanes_.size())
-            stop_lanes(); // nothing pending anywhere: done, without error
+            discover(); // perhaps nothing is pending anywhere: done, without error
     }
 
     void lane_stopped(std::uint32_t lane, error_code ec)
     {
         lanes_.erase(lane);
         drained_.erase(lane);
-        if (ec)
+        // Another instance holds the lane, or the store was out of reach: the run goes on and
+        // tries the lane again at a later poll.
+        const bool again = ec == outbox_errc::lease_held || ec == outbox_errc::lease_lost ||
+                           ec == outbox_errc::store_unavailable;
+        if (ec && !again)
             fail(ec);
         maybe_finish();
     }
+
+    /// A connection for a lane whose lease was just taken.
+    outcome::result<connection> connect_lane() const { return client_.connect(to_.port, options_.connection); }
 
     void set_slot(asio::cancellation_slot slot)
     {
@@ -356,11 +370,34 @@ public:
     }
 
 private:
-    // The lanes stored for the destination: a lane runner for each one not running yet.
+    // Says this instance delivers, then looks at the lanes stored for the destination and
+    // starts those it should run: all of them on a store one process delivers, its share on a
+    // shared one (ceil(lanes / instances)), giving surplus lanes back as other instances
+    // arrive. Lanes it does not run are tried in a random order, so that instances starting
+    // together do not all ask for the same lanes first.
     void discover()
     {
         listing_ = true;
-        box_->store->lanes(key_, asio::bind_executor(box_->strand, [self = shared_from_this()](
+        box_->store->heartbeat(
+            box_->owner, box_->options.lease_ttl,
+            asio::bind_executor(box_->strand, [self = shared_from_this()](error_code ec, std::size_t instances) {
+                if (self->stopping_) {
+                    self->listing_ = false;
+                    self->maybe_finish();
+                    return;
+                }
+                if (ec) {
+                    self->listing_ = false;
+                    self->poll_failed(ec);
+                    return;
+                }
+                self->list_lanes(std::max<std::size_t>(1, instances));
+            }));
+    }
+
+    void list_lanes(std::size_t instances)
+    {
+        box_->store->lanes(key_, asio::bind_executor(box_->strand, [self = shared_from_this(), instances](
                                                                     error_code ec, std::vector<std::uint32_t> lanes) {
             self->listing_ = false;
             if (self->stopping_) {
@@ -368,18 +405,77 @@ private:
                 return;
             }
             if (ec) {
-                self->fail(ec);
+                self->poll_failed(ec);
                 return;
             }
-            for (std::uint32_t lane : lanes)
-                if (!self->lanes_.contains(lane))
-                    self->add_lane(lane);
+            self->balance(lanes, instances);
             if (self->options_.until_empty && self->drained_.size() == self->lanes_.size()) {
-                self->stop_lanes();
+                self->check_empty();
                 return;
             }
             self->arm_poll();
         }));
+    }
+
+    void balance(std::vector<std::uint32_t> lanes, std::size_t instances)
+    {
+        const std::size_t share = box_->shared ? (lanes.size() + instances - 1) / instances : lanes.size();
+        std::erase_if(lanes, [&](std::uint32_t lane) { return lanes_.contains(lane); });
+        if (box_->shared)
+            std::shuffle(lanes.begin(), lanes.end(), random_);
+        for (std::uint32_t lane : lanes) {
+            if (lanes_.size() >= share || stopping_)
+                break;
+            add_lane(lane);
+        }
+        if (lanes_.size() > share) {
+            // Drained lanes first: giving one back then costs nothing.
+            std::vector<std::shared_ptr<lane_runner>> surplus;
+            for (auto& [lane, runner] : lanes_)
+                if (drained_.contains(lane))
+                    surplus.push_back(runner);
+            for (auto& [lane, runner] : lanes_)
+                if (!drained_.contains(lane))
+                    surplus.push_back(runner);
+            surplus.resize(lanes_.size() - share);
+            for (auto& r : surplus)
+                r->stop();
+        }
+    }
+
+    // Every lane this run holds is drained: done if nothing is pending in the lanes it does
+    // not hold either.
+    void check_empty()
+    {
+        listing_ = true;
+        box_->store->select({.destination = key_, .states = {outbox_state::queued, outbox_state::written}, .limit = 1},
+                            asio::bind_executor(box_->strand, [self = shared_from_this()](
+                                                                  error_code ec, std::vector<outbox_record> pending) {
+                                self->listing_ = false;
+                                if (self->stopping_) {
+                                    self->maybe_finish();
+                                    return;
+                                }
+                                if (ec) {
+                                    self->poll_failed(ec);
+                                    return;
+                                }
+                                if (pending.empty() && self->drained_.size() == self->lanes_.size()) {
+                                    self->stop_lanes();
+                                    return;
+                                }
+                                self->arm_poll();
+                            }));
+    }
+
+    // A shared store out of reach is waited out (the next poll tries again); any other error
+    // stops the run.
+    void poll_failed(error_code ec)
+    {
+        if (ec == outbox_errc::store_unavailable)
+            arm_poll();
+        else
+            fail(ec);
     }
 
     // What other processes stored shows up here: new lanes, and new messages in known ones.
@@ -387,7 +483,7 @@ private:
     {
         poll_.expires_after(box_->options.poll_interval);
         poll_.async_wait(asio::bind_executor(box_->strand, [self = shared_from_this()](error_code ec) {
-            if (ec || self->stopping_)
+            if (ec || self->stopping_ || self->listing_)
                 return;
             for (auto& [lane, runner] : self->lanes_)
                 runner->wake();
@@ -397,12 +493,7 @@ private:
 
     void add_lane(std::uint32_t lane)
     {
-        auto conn = client_.connect(to_.port, options_.connection);
-        if (!conn) {
-            fail(conn.error());
-            return;
-        }
-        auto runner = std::make_shared<lane_runner>(box_, shared_from_this(), key_, lane, std::move(conn).value(), options_);
+        auto runner = std::make_shared<lane_runner>(box_, shared_from_this(), key_, lane, options_);
         lanes_.emplace(lane, runner);
         runner->start();
     }
@@ -439,10 +530,15 @@ private:
             h.get_cancellation_slot().clear();
             complete(std::move(h), self->box_->ex, self->error_);
         };
-        if (delivering_)
-            box_->store->end_delivery(asio::bind_executor(box_->strand, std::move(finish)));
-        else
+        if (!delivering_) {
             finish({});
+            return;
+        }
+        // The other instances need not wait for this one's heartbeat to expire to take its share.
+        box_->store->heartbeat(box_->owner, {},
+                               asio::bind_executor(box_->strand, [self = shared_from_this(), finish](error_code, std::size_t) {
+                                   self->box_->store->end_delivery(asio::bind_executor(self->box_->strand, finish));
+                               }));
     }
 
     std::shared_ptr<outbox::impl> box_;
@@ -451,6 +547,7 @@ private:
     outbox_run_options options_;
     client client_;
     asio::steady_timer poll_;
+    std::mt19937_64 random_;
     std::optional<handler<outbox::run_signature>> handler_;
     std::map<std::uint32_t, std::shared_ptr<lane_runner>> lanes_;
     std::set<std::uint32_t> drained_;
@@ -471,7 +568,23 @@ void lane_runner::step()
             box_->store->claim({destination_, lane_}, box_->owner, box_->options.lease_ttl, outbox_clock::now(),
                                on_strand([first = lease_.token == 0](lane_runner& self, error_code ec, detail::lease l) {
                                    if (!ec) {
+                                       // A renewal that comes back with another token: the lease
+                                       // changed hands meanwhile, so what this lane holds is stale.
+                                       const bool changed = !first && l.token != self.lease_.token;
                                        self.lease_ = std::move(l);
+                                       if (changed)
+                                           ec = outbox_errc::lease_lost;
+                                   }
+                                   if (!ec) {
+                                       if (!self.conn_) {
+                                           auto made = self.run_->connect_lane();
+                                           if (made)
+                                               self.conn_.emplace(std::move(made).value());
+                                           else
+                                               ec = made.error(); // finish() gives the lease back
+                                       }
+                                   }
+                                   if (!ec) {
                                        if (first)
                                            tell(self.box_->options.observer,
                                                 {.what = outbox_event::kind::lane_started,
@@ -499,7 +612,7 @@ void lane_runner::step()
         case kind::send: send(a.id); break;
         case kind::cancel:
             if (auto it = signals_.find(a.id); it != signals_.end())
-                asio::post(conn_.get_executor(),
+                asio::post(conn_->get_executor(),
                            [s = it->second] { s->emit(asio::cancellation_type::partial); });
             break;
         case kind::arm_timer: arm(a.deadline); break;
@@ -521,12 +634,12 @@ void lane_runner::send(std::int64_t id)
         });
         return;
     }
-    if (conn_.state() == connection_state::failed)
-        conn_.start(); // it gave up on an earlier attempt; the retry policy's delay has passed
+    if (conn_->state() == connection_state::failed)
+        conn_->start(); // it gave up on an earlier attempt; the retry policy's delay has passed
     auto signal = std::make_shared<asio::cancellation_signal>();
     auto slot = signal->slot();
     signals_.emplace(id, std::move(signal));
-    conn_.async_send(std::move(msg).value(),
+    conn_->async_send(std::move(msg).value(),
                      asio::bind_cancellation_slot(slot, on_strand([id](lane_runner& self, error_code ec, hl7::ack ack) {
                                                       self.signals_.erase(id);
                                                       self.core_.sent(id, ec, ack, outbox_clock::now());
@@ -572,7 +685,7 @@ void lane_runner::finish(error_code ec)
     timer_.cancel();
     if (lease_.token != 0)
         box_->store->release(lease_, asio::bind_executor(box_->strand, [](error_code) {}));
-    conn_.async_close(asio::bind_executor(box_->strand, [self = shared_from_this(), ec] {
+    auto report = [self = shared_from_this(), ec] {
         tell(self->box_->options.observer, {.what = outbox_event::kind::lane_stopped,
                                             .destination = self->destination_,
                                             .lane = self->lane_,
@@ -580,7 +693,11 @@ void lane_runner::finish(error_code ec)
                                             .token = self->lease_.token});
         auto run = std::move(self->run_);
         run->lane_stopped(self->lane_, ec);
-    }));
+    };
+    if (conn_)
+        conn_->async_close(asio::bind_executor(box_->strand, std::move(report)));
+    else
+        asio::post(box_->strand, std::move(report));
 }
 
 } // namespace
@@ -677,14 +794,22 @@ void outbox::impl::finish_close()
 outcome::result<outbox> outbox::open(executor_type ex, outbox_options options)
 {
     const outbox_location where = parse_outbox_location(options.location);
-    if (where.what == outbox_location::kind::postgresql)
+    if (where.what == outbox_location::kind::postgresql) {
+#ifdef HL7_OUTBOX_POSTGRESQL
+        auto store = detail::open_pg_store(ex, where.target, {.schema = options.schema, .connections = options.connections});
+        if (!store)
+            return store.error();
+        return outbox(std::make_shared<impl>(std::move(ex), std::move(options), std::move(store).value(), true));
+#else
         return error_code(outbox_errc::unsupported_location);
+#endif
+    }
     auto store = detail::open_sqlite_store(
         ex, where.target,
         {.synchronous = options.synchronous, .busy_timeout = options.busy_timeout, .observer = options.observer});
     if (!store)
         return store.error();
-    return outbox(std::make_shared<impl>(std::move(ex), std::move(options), std::move(store).value()));
+    return outbox(std::make_shared<impl>(std::move(ex), std::move(options), std::move(store).value(), false));
 }
 
 outbox::outbox(std::shared_ptr<impl> i) noexcept : impl_(std::move(i)) {}

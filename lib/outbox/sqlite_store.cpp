@@ -36,23 +36,11 @@ namespace {
 
 namespace asio = boost::asio;
 using error_code = boost::system::error_code;
-using std::chrono::duration_cast;
-using std::chrono::milliseconds;
 
 constexpr std::int64_t schema_version = 1;
 // Operations taken into one transaction at most, so that the first of a long queue is not
 // held up by all the others.
 constexpr std::size_t max_batch = 4096;
-
-std::int64_t to_ms(outbox_clock::time_point t)
-{
-    return duration_cast<milliseconds>(t.time_since_epoch()).count();
-}
-
-outbox_clock::time_point from_ms(std::int64_t ms)
-{
-    return outbox_clock::time_point(duration_cast<outbox_clock::duration>(milliseconds(ms)));
-}
 
 error_code from_errno(int e)
 {
@@ -278,21 +266,6 @@ outbox_record read_record(const statement& s)
     r.outcome = s.null(15) ? 0 : static_cast<std::uint64_t>(s.int64(15));
     r.message = s.text(16);
     return r;
-}
-
-// "state < 2" and "state >= 3" rather than IN lists, so that the partial indexes apply.
-std::string state_condition(std::vector<outbox_state> states)
-{
-    std::sort(states.begin(), states.end());
-    states.erase(std::unique(states.begin(), states.end()), states.end());
-    if (states == std::vector{outbox_state::queued, outbox_state::written})
-        return "state < 2";
-    if (states == std::vector{outbox_state::rejected, outbox_state::failed})
-        return "state >= 3";
-    std::string in = "state IN (";
-    for (std::size_t i = 0; i < states.size(); ++i)
-        in += (i ? "," : "") + std::to_string(static_cast<int>(states[i]));
-    return in + ")";
 }
 
 // --- checks before SQLite opens the file -----------------------------------------------------
@@ -575,6 +548,15 @@ public:
         submit<>(false, std::move(h), [this](database&) -> error_code {
             if (delivery_refs_ > 0 && --delivery_refs_ == 0)
                 unlock();
+            return {};
+        });
+    }
+
+    // One process delivers from a file.
+    void heartbeat(std::string, outbox_clock::duration, handler<void(error_code, std::size_t)> h) override
+    {
+        submit<std::size_t>(false, std::move(h), [](database&, std::size_t& out) -> error_code {
+            out = 1;
             return {};
         });
     }

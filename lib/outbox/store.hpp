@@ -20,12 +20,40 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace hl7::detail {
+
+// What the SQL stores share: times as milliseconds since the epoch, and the states as a
+// condition ("state < 2" and "state >= 3" rather than IN lists, so that partial indexes apply).
+inline std::int64_t to_ms(outbox_clock::time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+inline outbox_clock::time_point from_ms(std::int64_t ms)
+{
+    return outbox_clock::time_point(std::chrono::duration_cast<outbox_clock::duration>(std::chrono::milliseconds(ms)));
+}
+
+inline std::string state_condition(std::vector<outbox_state> states)
+{
+    std::sort(states.begin(), states.end());
+    states.erase(std::unique(states.begin(), states.end()), states.end());
+    if (states == std::vector{outbox_state::queued, outbox_state::written})
+        return "state < 2";
+    if (states == std::vector{outbox_state::rejected, outbox_state::failed})
+        return "state >= 3";
+    std::string in = "state IN (";
+    for (std::size_t i = 0; i < states.size(); ++i)
+        in += (i ? "," : "") + std::to_string(static_cast<int>(states[i]));
+    return in + ")";
+}
 
 /// A message to store.
 struct new_message {
@@ -82,7 +110,12 @@ public:
     /// process and another one is. Counted: each call is matched by end_delivery.
     virtual void begin_delivery(handler<void(error_code)> h) = 0;
     virtual void end_delivery(handler<void(error_code)> h) = 0;
-    /// Takes (or, for its owner, renews) the lease of `lane` until now + ttl.
+    /// Says that `owner` delivers until now + ttl (0: it stops) and gives how many owners
+    /// deliver from the store, itself included: a run takes its share of the lanes.
+    virtual void heartbeat(std::string owner, outbox_clock::duration ttl, handler<void(error_code, std::size_t)> h) = 0;
+    /// Takes (or, for its owner, renews) the lease of `lane` until now + ttl; `now` is the
+    /// caller's clock, for a store without one of its own (PostgreSQL uses the server's).
+    /// outbox_errc::lease_held when another owner's lease has not expired.
     virtual void claim(lane_key lane, std::string owner, outbox_clock::duration ttl, outbox_clock::time_point now,
                        handler<void(error_code, lease)> h) = 0;
     /// Gives the lease up, if it is still this one.

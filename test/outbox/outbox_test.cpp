@@ -636,13 +636,18 @@ TEST_CASE("an observer that throws changes nothing delivered or stored")
     }, 20s);
 }
 
-TEST_CASE("a PostgreSQL location is recognised and refused as not supported yet")
+TEST_CASE("a PostgreSQL location is recognised, and a server that cannot be reached is store_unavailable")
 {
     CHECK(hl7::parse_outbox_location("postgresql://db/outbox").what == hl7::outbox_location::kind::postgresql);
     CHECK(hl7::parse_outbox_location("postgres://u@db/outbox").what == hl7::outbox_location::kind::postgresql);
     CHECK(hl7::parse_outbox_location("/var/lib/outbox.db").what == hl7::outbox_location::kind::sqlite);
     CHECK(hl7::parse_outbox_location("postgresql.db").what == hl7::outbox_location::kind::sqlite);
     asio::io_context ctx;
-    auto box = hl7::outbox::open(ctx.get_executor(), {.location = "postgresql://localhost/outbox"});
+    auto box = hl7::outbox::open(ctx.get_executor(), {.location = "postgresql:///outbox?host=/nonexistent/socket/dir"});
+    REQUIRE(!box);
+#ifdef HL7_OUTBOX_POSTGRESQL
+    CHECK(box.error() == outbox_errc::store_unavailable);
+#else
     CHECK(box.error() == outbox_errc::unsupported_location);
+#endif
 }

@@ -19,7 +19,8 @@ enum class outbox_errc {
     control_id_conflict = 1,
     /// Another process is delivering from this outbox file (SQLite allows one at a time).
     delivery_locked,
-    /// The lane's lease was taken over by another instance (its fencing token changed), so this
+    /// The lane's lease was taken over by another instance (its fencing token changed), or it
+    /// expired before this instance could renew it (paused past the lease's TTL), so this
     /// instance stopped delivering the lane; nothing was written after the takeover.
     lease_lost,
     /// This outbox is already delivering to the destination (one async_run per destination).
@@ -28,8 +29,8 @@ enum class outbox_errc {
     not_found,
     /// The number of lanes is not in 1-1024.
     invalid_lanes,
-    /// The location names a PostgreSQL database (`postgresql://`, `postgres://`), which this
-    /// version cannot use yet.
+    /// The location names a PostgreSQL database (`postgresql://`, `postgres://`) and this build
+    /// of the library has no PostgreSQL support (it was built without libpq).
     unsupported_location,
     /// The outbox file cannot be opened or created: its directory is missing, or access is
     /// denied.
@@ -51,6 +52,12 @@ enum class outbox_errc {
     store_failed,
     /// The outbox was closed.
     closed,
+    /// Another instance holds the lane's lease and it has not expired (or is claiming it at
+    /// this very moment): this instance does not deliver the lane for now.
+    lease_held,
+    /// The PostgreSQL server cannot be reached, refused the connection, or the connection was
+    /// lost (the server restarted); whether the change was stored is read back from the store.
+    store_unavailable,
 };
 
 /// The "hl7.outbox" category. Thread-safe; a single instance.

@@ -34,6 +34,17 @@
 // first run takes a lock on `<file>.lock`, and a run in another process fails with
 // outbox_errc::delivery_locked. Other processes may enqueue, read and administer meanwhile.
 //
+// PostgreSQL (a `postgresql://` or `postgres://` location): several instances, in several
+// processes or machines, run the same destination from one database. Each run takes its
+// share of the destination's lanes (lanes / the instances that heartbeat in the database),
+// each lane under its lease, renewed every third of outbox_options::lease_ttl and timed by
+// the server's clock. The lanes of an instance that dies are taken over once their leases
+// expire; its written-but-unacknowledged messages are sent again, flagged possible_duplicate.
+// An instance paused past its lease (SIGSTOP, a frozen VM) finds, when it wakes, that its
+// lease was taken over or has expired: it sends nothing more and writes nothing (every change
+// checks the fencing token in its transaction). A lost connection to the server stops the
+// lanes it served, which start again, on new connections with backoff, at a later poll.
+//
 // SQLite: the file uses WAL (concurrent readers, one writer), so it must be on a local
 // filesystem, not a network share. Concurrent operations share commits (group commit): one
 // thread of the outbox's own makes the blocking calls and commits every pending change at
@@ -70,7 +81,7 @@ using outbox_clock = std::chrono::system_clock;
 struct outbox_location {
     enum class kind {
         sqlite,     ///< an SQLite file, created if missing
-        postgresql, ///< a PostgreSQL database (not supported yet)
+        postgresql, ///< a PostgreSQL database (a libpq connection URI)
     };
     kind what = kind::sqlite;
     /// The file's path, or the URL.
@@ -261,10 +272,18 @@ struct outbox_options {
     /// with outbox_errc::store_busy.
     std::chrono::milliseconds busy_timeout = std::chrono::seconds(5);
     /// How often runs and async_next_outcome look for what other processes stored (new
-    /// messages, retried dead letters, outcomes). What this instance stores wakes them at once.
+    /// messages, retried dead letters, outcomes), and runs for lanes to take (free, expired,
+    /// or their share as instances come and go). What this instance stores wakes it at once.
     std::chrono::milliseconds poll_interval = std::chrono::seconds(1);
     /// How long a lane's lease lasts; it is renewed every third of that while the lane works.
+    /// The lanes of an instance that died are taken over within lease_ttl + poll_interval.
     std::chrono::milliseconds lease_ttl = std::chrono::seconds(30);
+    /// PostgreSQL: the schema of the outbox's tables, created (and migrated) if need be; a
+    /// plain lower-case identifier. Instances that share messages use the same schema.
+    std::string schema = "hl7_outbox";
+    /// PostgreSQL: at most this many connections to the server (a delivering lane uses one
+    /// at a time for its records, enqueues and queries share the others).
+    std::size_t connections = 10;
     /// Told what the outbox does. Called on a lane's strand, except `committing`, which is
     /// called on the store's thread. It must not block (what it blocks is held up).
     std::function<void(const outbox_event&)> observer = {};
@@ -297,8 +316,9 @@ public:
     using count_signature = void(boost::system::error_code, std::uint64_t);
 
     /// Opens (creating if missing) the outbox at options.location, checks it and starts its
-    /// store. Blocks while it opens the file. Fails with outbox_errc::unsupported_location,
-    /// cannot_open, read_only, corrupt_store, incompatible_store, store_busy, store_io_error.
+    /// store. Blocks while it opens the file, or connects to PostgreSQL and prepares the schema.
+    /// Fails with outbox_errc::unsupported_location, cannot_open, read_only, corrupt_store,
+    /// incompatible_store, store_busy, store_io_error, store_unavailable.
     static outcome::result<outbox> open(executor_type ex, outbox_options options);
 
     outbox(outbox&&) noexcept;
@@ -334,8 +354,10 @@ public:
     /// options.until_empty, until nothing is pending. Completion signature void(error_code):
     /// no error after until_empty; operation_aborted after a cancellation; otherwise what
     /// stopped it: outbox_errc::delivery_locked (another process delivers from this file),
-    /// already_running, lease_lost, a store error, errc::invalid_host, invalid_port,
-    /// tls_setup_failed.
+    /// already_running, a store error, errc::invalid_host, invalid_port, tls_setup_failed.
+    /// A lane whose lease another instance holds or took over (lease_held, lease_lost), or
+    /// whose store connection was lost (store_unavailable), does not stop the run: the run
+    /// tries the lane again at its next poll.
     ///
     /// Cancellation (any type) stops it gracefully: sends still queued in a connection are
     /// withdrawn unsent (their messages go back to queued), a message already written gets its
