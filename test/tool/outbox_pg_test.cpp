@@ -50,7 +50,7 @@ public:
             std::lock_guard lock(log->mutex);
             log->arrivals.push_back({std::string(e.control_id), e.peer.port()});
         };
-        o.handler = [](const hl7::message& m) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
+        o.handler = [](const hl7::message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
             asio::steady_timer pause(co_await asio::this_coro::executor, 1ms);
             auto waiting = pause.async_wait(asio::use_awaitable);
             co_await std::move(waiting);
