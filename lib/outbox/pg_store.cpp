@@ -484,7 +484,9 @@ public:
         params p;
         auto param = [&](std::string v) {
             p.emplace_back(std::move(v));
-            return "$" + std::to_string(p.size());
+            std::string placeholder(1, '$');
+            placeholder += std::to_string(p.size());
+            return placeholder;
         };
         if (q.id)
             sql += " AND id = " + param(std::to_string(*q.id));
@@ -717,8 +719,11 @@ public:
         params p{std::to_string(to_ms(now))};
         if (!all_dead) {
             std::string list = "{";
-            for (std::size_t i = 0; i < ids.size(); ++i)
-                list += (i ? "," : "") + std::to_string(ids[i]);
+            for (std::size_t i = 0; i < ids.size(); ++i) {
+                if (i > 0)
+                    list += ',';
+                list += std::to_string(ids[i]);
+            }
             p.emplace_back(list + "}");
         }
         state_->submit<std::uint64_t>(std::move(h), [sql = std::move(sql), p = std::move(p)](

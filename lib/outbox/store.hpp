@@ -50,8 +50,11 @@ inline std::string state_condition(std::vector<outbox_state> states)
     if (states == std::vector{outbox_state::rejected, outbox_state::failed})
         return "state >= 3";
     std::string in = "state IN (";
-    for (std::size_t i = 0; i < states.size(); ++i)
-        in += (i ? "," : "") + std::to_string(static_cast<int>(states[i]));
+    for (std::size_t i = 0; i < states.size(); ++i) {
+        if (i > 0)
+            in += ',';
+        in += std::to_string(static_cast<int>(states[i]));
+    }
     return in + ")";
 }
 

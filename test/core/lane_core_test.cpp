@@ -826,3 +826,31 @@ TEST_CASE("a store failure injected at every step stops the lane with it, sends 
         }
     }
 }
+
+TEST_CASE("a message recorded written after the lease's TTL has passed is not sent: the lane stops with lease_lost")
+{
+    auto s = settings();
+    s.lease_ttl = 30s;
+    harness h(s);
+    h.begin({rec(1)});
+    // Paused past the lease (counted from when the claim was asked for) before the mark came back.
+    h.core.recorded({}, t0 + 30s);
+    CHECK(h.drain() == std::vector{action::arm_timer(time_point::max()), action::stopped(outbox_errc::lease_lost)});
+}
+
+TEST_CASE("a renewal restarts the lease's TTL from when it was asked for")
+{
+    auto s = settings();
+    s.lease_ttl = 30s;
+    harness h(s);
+    h.begin({rec(1)});
+    h.core.timer_fired(t0 + 10s);
+    auto actions = h.drain();
+    REQUIRE(!actions.empty());
+    CHECK(actions.front() == action::claim());
+    h.core.claimed({}, t0 + 12s);
+    h.drain();
+    h.core.recorded({}, t0 + 35s); // before t0 + 10s + 30s
+    actions = h.drain();
+    CHECK(std::find(actions.begin(), actions.end(), action::send(1)) != actions.end());
+}
