@@ -3,7 +3,8 @@
 // message (--out DIR). Connections are served on several I/O threads; what goes to standard
 // output and standard error is written by threads of their own, and files by a small pool, so
 // that a slow reader or disk slows the acknowledgements of the messages waiting for it, never
-// the I/O threads.
+// the I/O threads. (A record with nothing waiting ahead of it is written by its I/O thread
+// when standard output is a pipe or /dev/null that takes it without blocking.)
 #include "client_flags.hpp"
 #include "commands.hpp"
 #include "dedup.hpp"

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <climits>
 #include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace hl7::tool {
@@ -12,10 +13,26 @@ namespace hl7::tool {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
+namespace {
+
+// A pipe that polls writable has room for PIPE_BUF bytes, and a character device that is not a
+// terminal (/dev/null) takes what it is given. A terminal can be paused by its user, a regular
+// file can wait for a slow disk, a socket can take less than PIPE_BUF: those are left to the
+// thread.
+bool takes_ready_writes(int fd)
+{
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+        return false;
+    return S_ISFIFO(st.st_mode) || (S_ISCHR(st.st_mode) && ::isatty(fd) == 0);
+}
+
+} // namespace
+
 fd_writer::fd_writer(int fd, std::function<void(error_code)> on_broken, std::size_t max_queued_lines,
                      std::chrono::milliseconds grace)
-    : fd_(fd), on_broken_(std::move(on_broken)), max_queued_lines_(max_queued_lines), grace_(grace),
-      thread_([this] { run(); })
+    : fd_(fd), takes_ready_writes_(takes_ready_writes(fd)), on_broken_(std::move(on_broken)),
+      max_queued_lines_(max_queued_lines), grace_(grace), thread_([this] { run(); })
 {
 }
 
@@ -36,25 +53,46 @@ void fd_writer::complete(item& i, error_code ec)
     asio::dispatch(asio::append(std::move(i.done), ec)); // through the handler's associated executor
 }
 
-void fd_writer::enqueue(std::string text, asio::any_completion_handler<void(error_code)> done)
+void fd_writer::enqueue(std::string text, asio::any_completion_handler<void(error_code)> done, asio::any_io_executor ex)
 {
-    std::list<item> one;
-    one.push_back({std::move(text), std::move(done)});
     error_code broken;
+    bool written = false;
     {
         std::lock_guard lock(mutex_);
         broken = broken_;
-        if (!broken)
+        if (!broken && takes_ready_writes_ && queue_.empty() && !writing_)
+            written = write_ready(text);
+        if (!broken && !written) {
+            std::list<item> one;
+            one.push_back({std::move(text), std::move(done)});
             queue_.splice(queue_.end(), one);
+        }
     }
-    if (broken) {
-        // Never inside the initiating call: by way of another thread, then the handler's executor.
-        asio::post(asio::system_executor(), [h = std::move(one.front().done), broken]() mutable {
-            asio::dispatch(asio::append(std::move(h), broken));
-        });
+    if (broken || written) {
+        asio::post(ex, asio::append(std::move(done), broken)); // then through the handler's own executor
         return;
     }
     changed_.notify_one();
+}
+
+// Writes as much of `text` as the descriptor takes without blocking, a chunk of at most
+// PIPE_BUF bytes at a time while it polls writable, and erases it from `text`; true when all
+// of it went. A failure leaves the rest to the thread, which reports it.
+bool fd_writer::write_ready(std::string& text)
+{
+    std::size_t done = 0;
+    while (done < text.size()) {
+        pollfd p{fd_, POLLOUT, 0};
+        if (::poll(&p, 1, 0) != 1 || p.revents != POLLOUT)
+            break;
+        const std::size_t chunk = std::min<std::size_t>(text.size() - done, PIPE_BUF);
+        const ssize_t n = ::write(fd_, text.data() + done, chunk);
+        if (n <= 0)
+            break;
+        done += static_cast<std::size_t>(n);
+    }
+    text.erase(0, done);
+    return text.empty();
 }
 
 void fd_writer::write_line(std::string text)
@@ -117,10 +155,12 @@ void fd_writer::run()
         std::uint64_t newly_dropped = 0;
         {
             std::unique_lock lock(mutex_);
+            writing_ = false;
             changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
             if (queue_.empty())
                 return; // stopping, and everything written
             batch.splice(batch.end(), queue_);
+            writing_ = true;
             queued_line_bytes_ = 0;
             newly_dropped = dropped_ - dropped_reported_;
             dropped_reported_ = dropped_;

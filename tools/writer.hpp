@@ -1,14 +1,18 @@
 // Standard output and standard error written by a thread of their own, so that a reader that
 // is slow, or never reads, stalls no I/O thread: a record says when it has been written (and
-// whoever awaits that waits, not the thread), a log line is dropped when too many wait.
+// whoever awaits that waits, not the thread), a log line is dropped when too many wait. A
+// record with nothing ahead of it is written by the caller when the descriptor takes it
+// without blocking, which spares two thread switches per record.
 #pragma once
 
 #include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/system_executor.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
@@ -40,7 +44,11 @@ public:
     ~fd_writer();
 
     /// Writes all of `text`, then completes with signature void(error_code): clear once
-    /// written, the failure otherwise. Completes through the handler's associated executor.
+    /// written, the failure otherwise. Completes through the handler's associated executor,
+    /// never inside this call. Written in this call when nothing waits ahead of it and the
+    /// descriptor is a pipe or a character device other than a terminal (/dev/null) that polls
+    /// writable: such a descriptor takes PIPE_BUF bytes without blocking. Anything else (a
+    /// terminal, a file, a socket), and whatever such a write leaves, goes by the thread.
     /// Memory: nothing bounds what waits here but the callers, each of which waits for its
     /// record (hl7 listen has one per connection at most). Not cancellable.
     template <class CompletionToken>
@@ -48,8 +56,13 @@ public:
     {
         return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
             [this](auto handler, std::string t) {
-                enqueue(std::move(t), boost::asio::any_completion_handler<void(boost::system::error_code)>(
-                                          std::move(handler)));
+                // Where a completion known in this call is posted: unlike the handler's own
+                // executor, once type-erased, an any_io_executor can be told never to block.
+                boost::asio::any_io_executor ex =
+                    boost::asio::get_associated_executor(handler, boost::asio::system_executor());
+                enqueue(std::move(t),
+                        boost::asio::any_completion_handler<void(boost::system::error_code)>(std::move(handler)),
+                        std::move(ex));
             },
             token, std::move(text));
     }
@@ -67,12 +80,15 @@ private:
         boost::asio::any_completion_handler<void(boost::system::error_code)> done; // empty for a log line
     };
 
-    void enqueue(std::string text, boost::asio::any_completion_handler<void(boost::system::error_code)> done);
+    void enqueue(std::string text, boost::asio::any_completion_handler<void(boost::system::error_code)> done,
+                 boost::asio::any_io_executor ex);
     void run();
     boost::system::error_code write_all(const std::string& bytes);
+    bool write_ready(std::string& text);
     static void complete(item& i, boost::system::error_code ec);
 
     const int fd_;
+    const bool takes_ready_writes_; // a pipe or a character device other than a terminal
     const std::function<void(boost::system::error_code)> on_broken_;
     const std::size_t max_queued_lines_;
     const std::chrono::milliseconds grace_;
@@ -83,6 +99,7 @@ private:
     std::uint64_t dropped_ = 0;
     std::uint64_t dropped_reported_ = 0;
     boost::system::error_code broken_;
+    bool writing_ = false; // the thread writes what it took from queue_
     bool stopping_ = false;
     std::thread thread_;
 };

@@ -1,6 +1,8 @@
 // Writing standard output and standard error from a thread of their own: records complete
-// once written, in order; log lines are dropped and counted when too many wait; a reader that
-// goes away fails what waits, and a reader that never reads is given up at destruction.
+// once written, in order, never inside the call that writes them, whether the caller wrote
+// them at once or the thread did; log lines are dropped and counted when too many wait; a
+// reader that goes away fails what waits, and a reader that never reads is given up at
+// destruction.
 #include "writer.hpp"
 
 #include "support/async_util.hpp"
@@ -8,6 +10,8 @@
 #include <doctest/doctest.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
@@ -73,6 +77,61 @@ TEST_CASE("records are written in order, each completing once written")
         });
     }
     CHECK(p.read_all_available() == "record 0\nrecord 1\nrecord 2\n");
+}
+
+TEST_CASE("a record is written after the one it was given behind, even when that one waits for the reader")
+{
+    pipe_pair p;
+    const std::string big(1 << 20, 'b'); // more than the pipe holds: most of it waits for the reader
+    std::optional<error_code> first, second;
+    std::string read;
+    asio::io_context ctx; // run once the writer is gone, with both completions in it
+    {
+        fd_writer w(p.fds[1]);
+        w.async_write(big, asio::bind_executor(ctx, [&](error_code ec) { first = ec; }));
+        w.async_write("small\n", asio::bind_executor(ctx, [&](error_code ec) { second = ec; }));
+        std::thread reader([&] {
+            char buf[65536];
+            while (read.size() < big.size() + 6) {
+                const ssize_t n = ::read(p.fds[0], buf, sizeof buf);
+                if (n <= 0)
+                    break;
+                read.append(buf, static_cast<std::size_t>(n));
+            }
+        });
+        reader.join();
+    }
+    ctx.run();
+    CHECK(read == big + "small\n");
+    REQUIRE(first.has_value());
+    REQUIRE(second.has_value());
+    CHECK(!*first);
+    CHECK(!*second);
+}
+
+TEST_CASE("a record the descriptor takes at once completes through its handler's executor, not inside the call")
+{
+    pipe_pair p;
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    REQUIRE(null >= 0);
+    for (const int fd : {p.fds[1], null}) {
+        asio::io_context ctx;
+        int completed = 0;
+        error_code result = asio::error::would_block;
+        {
+            fd_writer w(fd);
+            w.async_write("record\n", asio::bind_executor(ctx, [&](error_code ec) {
+                              ++completed;
+                              result = ec;
+                          }));
+            CHECK(completed == 0);
+        }
+        ctx.run();
+        CHECK(completed == 1);
+        CHECK(!result);
+    }
+    ::close(null);
+    CHECK(p.read_all_available() == "record\n");
 }
 
 TEST_CASE("log lines beyond the queue's bound are dropped and their number written once there is room")
