@@ -3,8 +3,8 @@
 // message (--out DIR). Connections are served on several I/O threads; what goes to standard
 // output and standard error is written by threads of their own, and files by a small pool, so
 // that a slow reader or disk slows the acknowledgements of the messages waiting for it, never
-// the I/O threads. (A record with nothing waiting ahead of it is written by its I/O thread
-// when standard output is a pipe or /dev/null that takes it without blocking.)
+// the I/O threads. (A small record with nothing waiting ahead of it is written by its I/O
+// thread when standard output is a pipe or /dev/null that takes it at once.)
 #include "client_flags.hpp"
 #include "commands.hpp"
 #include "dedup.hpp"
@@ -299,8 +299,10 @@ asio::awaitable<outcome::result<message>> answer(std::shared_ptr<listener> l, co
                      ",\"reply_code\":" + json_string(code) + "}\n";
         else
             record = readable(m);
-        auto writing = l->out().async_write(std::move(record), tuple_awaitable);
-        std::tie(ec) = co_await std::move(writing);
+        if (!l->out().try_write(record)) {
+            auto writing = l->out().async_write(std::move(record), tuple_awaitable);
+            std::tie(ec) = co_await std::move(writing);
+        }
     }
     if (ec) {
         if (key)

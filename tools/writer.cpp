@@ -15,23 +15,22 @@ using boost::system::error_code;
 
 namespace {
 
-// A pipe that polls writable has room for PIPE_BUF bytes, and a character device that is not a
-// terminal (/dev/null) takes what it is given. A terminal can be paused by its user, a regular
-// file can wait for a slow disk, a socket can take less than PIPE_BUF: those are left to the
-// thread.
-bool takes_ready_writes(int fd)
+bool is_pipe_or_null(int fd)
 {
     struct stat st {};
+    struct stat null {};
     if (::fstat(fd, &st) != 0)
         return false;
-    return S_ISFIFO(st.st_mode) || (S_ISCHR(st.st_mode) && ::isatty(fd) == 0);
+    if (S_ISFIFO(st.st_mode))
+        return true;
+    return S_ISCHR(st.st_mode) && ::stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) && st.st_rdev == null.st_rdev;
 }
 
 } // namespace
 
 fd_writer::fd_writer(int fd, std::function<void(error_code)> on_broken, std::size_t max_queued_lines,
                      std::chrono::milliseconds grace)
-    : fd_(fd), takes_ready_writes_(takes_ready_writes(fd)), on_broken_(std::move(on_broken)),
+    : fd_(fd), takes_small_writes_(is_pipe_or_null(fd)), on_broken_(std::move(on_broken)),
       max_queued_lines_(max_queued_lines), grace_(grace), thread_([this] { run(); })
 {
 }
@@ -53,46 +52,40 @@ void fd_writer::complete(item& i, error_code ec)
     asio::dispatch(asio::append(std::move(i.done), ec)); // through the handler's associated executor
 }
 
-void fd_writer::enqueue(std::string text, asio::any_completion_handler<void(error_code)> done, asio::any_io_executor ex)
+void fd_writer::enqueue(std::string text, asio::any_completion_handler<void(error_code)> done)
 {
+    std::list<item> one;
+    one.push_back({std::move(text), std::move(done)});
     error_code broken;
-    bool written = false;
     {
         std::lock_guard lock(mutex_);
         broken = broken_;
-        if (!broken && takes_ready_writes_ && queue_.empty() && !writing_)
-            written = write_ready(text);
-        if (!broken && !written) {
-            std::list<item> one;
-            one.push_back({std::move(text), std::move(done)});
+        if (!broken)
             queue_.splice(queue_.end(), one);
-        }
     }
-    if (broken || written) {
-        asio::post(ex, asio::append(std::move(done), broken)); // then through the handler's own executor
+    if (broken) {
+        // Never inside the initiating call: by way of another thread, then the handler's executor.
+        asio::post(asio::system_executor(), [h = std::move(one.front().done), broken]() mutable {
+            asio::dispatch(asio::append(std::move(h), broken));
+        });
         return;
     }
     changed_.notify_one();
 }
 
-// Writes as much of `text` as the descriptor takes without blocking, a chunk of at most
-// PIPE_BUF bytes at a time while it polls writable, and erases it from `text`; true when all
-// of it went. A failure leaves the rest to the thread, which reports it.
-bool fd_writer::write_ready(std::string& text)
+bool fd_writer::try_write(std::string_view text)
 {
-    std::size_t done = 0;
-    while (done < text.size()) {
-        pollfd p{fd_, POLLOUT, 0};
-        if (::poll(&p, 1, 0) != 1 || p.revents != POLLOUT)
-            break;
-        const std::size_t chunk = std::min<std::size_t>(text.size() - done, PIPE_BUF);
-        const ssize_t n = ::write(fd_, text.data() + done, chunk);
-        if (n <= 0)
-            break;
-        done += static_cast<std::size_t>(n);
-    }
-    text.erase(0, done);
-    return text.empty();
+    if (!takes_small_writes_ || text.size() > PIPE_BUF)
+        return false;
+    // Under the lock, so that nothing is queued meanwhile to be written before this.
+    std::lock_guard lock(mutex_);
+    if (broken_ || writing_ || !queue_.empty())
+        return false;
+    pollfd p{fd_, POLLOUT, 0};
+    if (::poll(&p, 1, 0) != 1 || p.revents != POLLOUT)
+        return false;
+    // A failure is the thread's to find and report, when async_write tries again.
+    return ::write(fd_, text.data(), text.size()) == static_cast<ssize_t>(text.size());
 }
 
 void fd_writer::write_line(std::string text)

@@ -1,18 +1,16 @@
 // Standard output and standard error written by a thread of their own, so that a reader that
 // is slow, or never reads, stalls no I/O thread: a record says when it has been written (and
 // whoever awaits that waits, not the thread), a log line is dropped when too many wait. A
-// record with nothing ahead of it is written by the caller when the descriptor takes it
-// without blocking, which spares two thread switches per record.
+// small record with nothing ahead of it can be written by the caller instead, when the
+// descriptor takes it at once: that spares two thread switches per record.
 #pragma once
 
 #include <boost/asio/any_completion_handler.hpp>
-#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/system_executor.hpp>
 #include <boost/system/error_code.hpp>
 
 #include <chrono>
@@ -22,6 +20,7 @@
 #include <list>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 namespace hl7::tool {
@@ -44,11 +43,7 @@ public:
     ~fd_writer();
 
     /// Writes all of `text`, then completes with signature void(error_code): clear once
-    /// written, the failure otherwise. Completes through the handler's associated executor,
-    /// never inside this call. Written in this call when nothing waits ahead of it and the
-    /// descriptor is a pipe or a character device other than a terminal (/dev/null) that polls
-    /// writable: such a descriptor takes PIPE_BUF bytes without blocking. Anything else (a
-    /// terminal, a file, a socket), and whatever such a write leaves, goes by the thread.
+    /// written, the failure otherwise. Completes through the handler's associated executor.
     /// Memory: nothing bounds what waits here but the callers, each of which waits for its
     /// record (hl7 listen has one per connection at most). Not cancellable.
     template <class CompletionToken>
@@ -56,16 +51,18 @@ public:
     {
         return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code)>(
             [this](auto handler, std::string t) {
-                // Where a completion known in this call is posted: unlike the handler's own
-                // executor, once type-erased, an any_io_executor can be told never to block.
-                boost::asio::any_io_executor ex =
-                    boost::asio::get_associated_executor(handler, boost::asio::system_executor());
-                enqueue(std::move(t),
-                        boost::asio::any_completion_handler<void(boost::system::error_code)>(std::move(handler)),
-                        std::move(ex));
+                enqueue(std::move(t), boost::asio::any_completion_handler<void(boost::system::error_code)>(
+                                          std::move(handler)));
             },
             token, std::move(text));
     }
+
+    /// Writes all of `text` now, or nothing: when nothing waits to be written, `text` is at
+    /// most PIPE_BUF bytes, and the descriptor is /dev/null or a pipe that polls writable
+    /// (which takes PIPE_BUF bytes whole, without blocking). Returns whether it did; when not,
+    /// async_write writes it. A terminal, a file or a socket is always left to the thread: it
+    /// may block (a paused terminal, a slow disk) or take part of a write.
+    bool try_write(std::string_view text);
 
     /// Queues a line of log, or drops it when too much already waits; the number dropped is
     /// written once there is room again.
@@ -80,15 +77,13 @@ private:
         boost::asio::any_completion_handler<void(boost::system::error_code)> done; // empty for a log line
     };
 
-    void enqueue(std::string text, boost::asio::any_completion_handler<void(boost::system::error_code)> done,
-                 boost::asio::any_io_executor ex);
+    void enqueue(std::string text, boost::asio::any_completion_handler<void(boost::system::error_code)> done);
     void run();
     boost::system::error_code write_all(const std::string& bytes);
-    bool write_ready(std::string& text);
     static void complete(item& i, boost::system::error_code ec);
 
     const int fd_;
-    const bool takes_ready_writes_; // a pipe or a character device other than a terminal
+    const bool takes_small_writes_; // a pipe or /dev/null
     const std::function<void(boost::system::error_code)> on_broken_;
     const std::size_t max_queued_lines_;
     const std::chrono::milliseconds grace_;
