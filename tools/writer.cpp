@@ -15,22 +15,24 @@ using boost::system::error_code;
 
 namespace {
 
-bool is_pipe_or_null(int fd)
+fd_writer::sink kind_of(int fd)
 {
     struct stat st {};
     struct stat null {};
     if (::fstat(fd, &st) != 0)
-        return false;
+        return fd_writer::sink::other;
     if (S_ISFIFO(st.st_mode))
-        return true;
-    return S_ISCHR(st.st_mode) && ::stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) && st.st_rdev == null.st_rdev;
+        return fd_writer::sink::pipe;
+    if (S_ISCHR(st.st_mode) && ::stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) && st.st_rdev == null.st_rdev)
+        return fd_writer::sink::null;
+    return fd_writer::sink::other;
 }
 
 } // namespace
 
 fd_writer::fd_writer(int fd, std::function<void(error_code)> on_broken, std::size_t max_queued_lines,
                      std::chrono::milliseconds grace)
-    : fd_(fd), takes_small_writes_(is_pipe_or_null(fd)), on_broken_(std::move(on_broken)),
+    : fd_(fd), sink_(kind_of(fd)), on_broken_(std::move(on_broken)),
       max_queued_lines_(max_queued_lines), grace_(grace), thread_([this] { run(); })
 {
 }
@@ -75,14 +77,14 @@ void fd_writer::enqueue(std::string text, asio::any_completion_handler<void(erro
 
 bool fd_writer::try_write(std::string_view text)
 {
-    if (!takes_small_writes_ || text.size() > PIPE_BUF)
+    if (sink_ == sink::other || text.size() > PIPE_BUF)
         return false;
     // Under the lock, so that nothing is queued meanwhile to be written before this.
     std::lock_guard lock(mutex_);
     if (broken_ || writing_ || !queue_.empty())
         return false;
     pollfd p{fd_, POLLOUT, 0};
-    if (::poll(&p, 1, 0) != 1 || p.revents != POLLOUT)
+    if (sink_ == sink::pipe && (::poll(&p, 1, 0) != 1 || p.revents != POLLOUT))
         return false;
     // A failure is the thread's to find and report, when async_write tries again.
     return ::write(fd_, text.data(), text.size()) == static_cast<ssize_t>(text.size());

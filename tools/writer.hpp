@@ -64,6 +64,9 @@ public:
     /// may block (a paused terminal, a slow disk) or take part of a write.
     bool try_write(std::string_view text);
 
+    /// What try_write may write to at once: /dev/null always, a pipe when it polls writable.
+    enum class sink { pipe, null, other };
+
     /// Queues a line of log, or drops it when too much already waits; the number dropped is
     /// written once there is room again.
     void write_line(std::string text);
@@ -83,7 +86,7 @@ private:
     static void complete(item& i, boost::system::error_code ec);
 
     const int fd_;
-    const bool takes_small_writes_; // a pipe or /dev/null
+    const sink sink_;
     const std::function<void(boost::system::error_code)> on_broken_;
     const std::size_t max_queued_lines_;
     const std::chrono::milliseconds grace_;
