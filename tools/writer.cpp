@@ -13,26 +13,9 @@ namespace hl7::tool {
 namespace asio = boost::asio;
 using boost::system::error_code;
 
-namespace {
-
-fd_writer::sink kind_of(int fd)
-{
-    struct stat st {};
-    struct stat null {};
-    if (::fstat(fd, &st) != 0)
-        return fd_writer::sink::other;
-    if (S_ISFIFO(st.st_mode))
-        return fd_writer::sink::pipe;
-    if (S_ISCHR(st.st_mode) && ::stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) && st.st_rdev == null.st_rdev)
-        return fd_writer::sink::null;
-    return fd_writer::sink::other;
-}
-
-} // namespace
-
 fd_writer::fd_writer(int fd, std::function<void(error_code)> on_broken, std::size_t max_queued_lines,
                      std::chrono::milliseconds grace)
-    : fd_(fd), sink_(kind_of(fd)), on_broken_(std::move(on_broken)),
+    : fd_(fd), sink_(sink_of(fd)), on_broken_(std::move(on_broken)),
       max_queued_lines_(max_queued_lines), grace_(grace), thread_([this] { run(); })
 {
 }
@@ -73,6 +56,19 @@ void fd_writer::enqueue(std::string text, asio::any_completion_handler<void(erro
         return;
     }
     changed_.notify_one();
+}
+
+fd_writer::sink fd_writer::sink_of(int fd)
+{
+    struct stat st {};
+    struct stat null {};
+    if (::fstat(fd, &st) != 0)
+        return sink::other;
+    if (S_ISFIFO(st.st_mode))
+        return sink::pipe;
+    if (S_ISCHR(st.st_mode) && ::stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) && st.st_rdev == null.st_rdev)
+        return sink::null;
+    return sink::other;
 }
 
 bool fd_writer::try_write(std::string_view text)

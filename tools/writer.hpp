@@ -64,9 +64,6 @@ public:
     /// may block (a paused terminal, a slow disk) or take part of a write.
     bool try_write(std::string_view text);
 
-    /// What try_write may write to at once: /dev/null always, a pipe when it polls writable.
-    enum class sink { pipe, null, other };
-
     /// Queues a line of log, or drops it when too much already waits; the number dropped is
     /// written once there is room again.
     void write_line(std::string text);
@@ -75,6 +72,9 @@ public:
     std::uint64_t dropped() const;
 
 private:
+    // What try_write may write to at once: /dev/null always, a pipe when it polls writable.
+    enum class sink { pipe, null, other };
+
     struct item {
         std::string text;
         boost::asio::any_completion_handler<void(boost::system::error_code)> done; // empty for a log line
@@ -84,6 +84,7 @@ private:
     void run();
     boost::system::error_code write_all(const std::string& bytes);
     static void complete(item& i, boost::system::error_code ec);
+    static sink sink_of(int fd);
 
     const int fd_;
     const sink sink_;
