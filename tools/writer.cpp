@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <climits>
 #include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace hl7::tool {
@@ -14,8 +15,8 @@ using boost::system::error_code;
 
 fd_writer::fd_writer(int fd, std::function<void(error_code)> on_broken, std::size_t max_queued_lines,
                      std::chrono::milliseconds grace)
-    : fd_(fd), on_broken_(std::move(on_broken)), max_queued_lines_(max_queued_lines), grace_(grace),
-      thread_([this] { run(); })
+    : fd_(fd), sink_(sink_of(fd)), on_broken_(std::move(on_broken)),
+      max_queued_lines_(max_queued_lines), grace_(grace), thread_([this] { run(); })
 {
 }
 
@@ -55,6 +56,34 @@ void fd_writer::enqueue(std::string text, asio::any_completion_handler<void(erro
         return;
     }
     changed_.notify_one();
+}
+
+fd_writer::sink fd_writer::sink_of(int fd)
+{
+    struct stat st {};
+    struct stat null {};
+    if (::fstat(fd, &st) != 0)
+        return sink::other;
+    if (S_ISFIFO(st.st_mode))
+        return sink::pipe;
+    if (S_ISCHR(st.st_mode) && ::stat("/dev/null", &null) == 0 && S_ISCHR(null.st_mode) && st.st_rdev == null.st_rdev)
+        return sink::null;
+    return sink::other;
+}
+
+bool fd_writer::try_write(std::string_view text)
+{
+    if (sink_ == sink::other || text.size() > PIPE_BUF)
+        return false;
+    // Under the lock, so that nothing is queued meanwhile to be written before this.
+    std::lock_guard lock(mutex_);
+    if (broken_ || writing_ || !queue_.empty())
+        return false;
+    pollfd p{fd_, POLLOUT, 0};
+    if (sink_ == sink::pipe && (::poll(&p, 1, 0) != 1 || p.revents != POLLOUT))
+        return false;
+    // A failure is the thread's to find and report, when async_write tries again.
+    return ::write(fd_, text.data(), text.size()) == static_cast<ssize_t>(text.size());
 }
 
 void fd_writer::write_line(std::string text)
@@ -117,10 +146,12 @@ void fd_writer::run()
         std::uint64_t newly_dropped = 0;
         {
             std::unique_lock lock(mutex_);
+            writing_ = false;
             changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
             if (queue_.empty())
                 return; // stopping, and everything written
             batch.splice(batch.end(), queue_);
+            writing_ = true;
             queued_line_bytes_ = 0;
             newly_dropped = dropped_ - dropped_reported_;
             dropped_reported_ = dropped_;

@@ -1,6 +1,8 @@
 // Writing standard output and standard error from a thread of their own: records complete
-// once written, in order; log lines are dropped and counted when too many wait; a reader that
-// goes away fails what waits, and a reader that never reads is given up at destruction.
+// once written, in order; a small record with nothing ahead of it is written at once to a pipe
+// or /dev/null, never ahead of one that waits; log lines are dropped and counted when too many
+// wait; a reader that goes away fails what waits, and a reader that never reads is given up
+// at destruction.
 #include "writer.hpp"
 
 #include "support/async_util.hpp"
@@ -8,9 +10,13 @@
 #include <doctest/doctest.h>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <atomic>
+#include <climits>
+#include <cstdio>
 #include <csignal>
 #include <optional>
 #include <fcntl.h>
@@ -73,6 +79,67 @@ TEST_CASE("records are written in order, each completing once written")
         });
     }
     CHECK(p.read_all_available() == "record 0\nrecord 1\nrecord 2\n");
+}
+
+TEST_CASE("a small record is written at once to a pipe or /dev/null with nothing waiting, and to nothing else")
+{
+    pipe_pair p;
+    const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    REQUIRE(null >= 0);
+    FILE* file = std::tmpfile();
+    REQUIRE(file != nullptr);
+    {
+        fd_writer to_pipe(p.fds[1]);
+        fd_writer to_null(null);
+        fd_writer to_file(::fileno(file));
+        CHECK(to_pipe.try_write("record\n"));
+        CHECK(to_null.try_write("record\n"));
+        CHECK(!to_pipe.try_write(std::string(PIPE_BUF + 1, 'x')));
+        CHECK(!to_file.try_write("record\n"));
+    }
+    CHECK(p.read_all_available() == "record\n");
+    CHECK(std::ftell(file) == 0);
+    std::fclose(file);
+    ::close(null);
+}
+
+TEST_CASE("a small record is not written at once while another waits for the reader: it goes after it")
+{
+    pipe_pair p;
+    const std::string big(1 << 20, 'b'); // more than the pipe holds: the thread waits for the reader
+    std::optional<error_code> first, second;
+    std::string read;
+    asio::io_context ctx; // run once the writer is gone, with both completions in it
+    {
+        fd_writer w(p.fds[1]);
+        w.async_write(big, asio::bind_executor(ctx, [&](error_code ec) { first = ec; }));
+        CHECK(!w.try_write("small\n"));
+        w.async_write("small\n", asio::bind_executor(ctx, [&](error_code ec) { second = ec; }));
+        std::thread reader([&] {
+            char buf[65536];
+            while (read.size() < big.size() + 6) {
+                const ssize_t n = ::read(p.fds[0], buf, sizeof buf);
+                if (n <= 0)
+                    break;
+                read.append(buf, static_cast<std::size_t>(n));
+            }
+        });
+        reader.join();
+    }
+    ctx.run();
+    CHECK(read == big + "small\n");
+    REQUIRE(first.has_value());
+    REQUIRE(second.has_value());
+    CHECK(!*first);
+    CHECK(!*second);
+}
+
+TEST_CASE("a small record is not written at once to a pipe whose reader is gone: async_write reports it")
+{
+    pipe_pair p;
+    p.close_reader();
+    fd_writer w(p.fds[1]);
+    CHECK(!w.try_write("lost\n"));
 }
 
 TEST_CASE("log lines beyond the queue's bound are dropped and their number written once there is room")
