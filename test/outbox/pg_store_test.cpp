@@ -6,6 +6,7 @@
 #include "outbox/pg_store.hpp"
 
 #include "support/postgres.hpp"
+#include "support/util.hpp"
 
 #include <boost/asio/io_context.hpp>
 
@@ -309,7 +310,7 @@ TEST_CASE("two stores claiming every lane at once never hold the same lane, and 
     REQUIRE(a.store);
     REQUIRE(b.store);
     for (std::uint32_t lane = 0; lane < 8; ++lane)
-        a.enqueue(msg("C" + std::to_string(lane), lane));
+        a.enqueue(msg(hl7::test::label("C", lane), lane));
     std::map<std::uint32_t, std::string> owners;
     int completions = 0;
     for (std::uint32_t lane = 0; lane < 8; ++lane) {
@@ -389,7 +390,7 @@ TEST_CASE("outcomes recorded by two instances at once are numbered without gaps 
     REQUIRE(b.store);
     std::vector<std::int64_t> ids[2];
     for (int i = 0; i < 40; ++i)
-        ids[i % 2].push_back(a.enqueue(msg("N" + std::to_string(i), static_cast<std::uint32_t>(i % 2))).id);
+        ids[i % 2].push_back(a.enqueue(msg(hl7::test::label("N", i), static_cast<std::uint32_t>(i % 2))).id);
     auto [ea, la] = a.claim(0, "a");
     auto [eb, lb] = b.claim(1, "b");
     REQUIRE(!ea);
