@@ -65,7 +65,7 @@ struct model {
     bool reading = false, writing = false, handshaking = false, handling = false, closed = false, done = false;
     std::string handed;       // control id of the message handed out last
     std::string expected;     // the MSA-2 its reply must carry
-    bool handed_never = false; // it asks for no acknowledgement (MSH-15/16 NE): an AE is not sent
+    bool handed_never = false; // it asks for no error acknowledgement (by MSH-15/16): an AE is not sent
     bool answered = true;     // the message handed out last was answered (or deliberately not)
     std::uint64_t events_received = 0, events_other = 0, bad_frames = 0, handles = 0;
 };
@@ -114,7 +114,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                     m.handling = true;
                     m.answered = false;
                     m.handed = std::string(a.message().control_id());
-                    m.handed_never = a.message().get("MSH.16") == "NE";
+                    m.handed_never = !hl7::ack_code_for(a.message(), hl7::verdict::error);
                     ++m.handles;
                     break;
                 case akind::write: {
