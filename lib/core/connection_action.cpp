@@ -53,77 +53,56 @@ clock::time_point after(clock::time_point now, std::chrono::milliseconds d) noex
 
 // --- events ------------------------------------------------------------------------------
 
+using event_kind = connection_event::kind;
+
 owned_event owned_event::connecting(std::uint32_t attempt)
 {
-    owned_event e{connection_event::kind::connecting};
-    e.attempt = attempt;
-    return e;
+    return {.what = event_kind::connecting, .attempt = attempt};
 }
 
 owned_event owned_event::connected(const boost::asio::ip::tcp::endpoint& peer)
 {
-    owned_event e{connection_event::kind::connected};
-    e.endpoint = peer;
-    return e;
+    return {.what = event_kind::connected, .endpoint = peer};
 }
 
 owned_event owned_event::disconnected(boost::system::error_code why)
 {
-    owned_event e{connection_event::kind::disconnected};
-    e.error = why;
-    return e;
+    return {.what = event_kind::disconnected, .error = why};
 }
 
 owned_event owned_event::reconnect_scheduled(std::uint32_t attempt, clock::duration delay, boost::system::error_code why)
 {
-    owned_event e{connection_event::kind::reconnect_scheduled};
-    e.attempt = attempt;
-    e.delay = delay;
-    e.error = why;
-    return e;
+    return {.what = event_kind::reconnect_scheduled, .attempt = attempt, .delay = delay, .error = why};
 }
 
 owned_event owned_event::gave_up(std::uint32_t attempts, boost::system::error_code last)
 {
-    owned_event e{connection_event::kind::gave_up};
-    e.attempt = attempts;
-    e.error = last;
-    return e;
+    return {.what = event_kind::gave_up, .attempt = attempts, .error = last};
 }
 
 owned_event owned_event::sent(std::string control_id)
 {
-    owned_event e{connection_event::kind::sent};
-    e.control_id = std::move(control_id);
-    return e;
+    return {.what = event_kind::sent, .control_id = std::move(control_id)};
 }
 
 owned_event owned_event::acknowledged(std::string control_id, hl7::ack_code code, clock::duration round_trip)
 {
-    owned_event e{connection_event::kind::acknowledged};
-    e.control_id = std::move(control_id);
-    e.code = code;
-    e.round_trip = round_trip;
-    return e;
+    return {.what = event_kind::acknowledged, .control_id = std::move(control_id), .code = code, .round_trip = round_trip};
 }
 
 owned_event owned_event::timed_out(std::string control_id)
 {
-    owned_event e{connection_event::kind::timed_out};
-    e.control_id = std::move(control_id);
-    return e;
+    return {.what = event_kind::timed_out, .control_id = std::move(control_id)};
 }
 
 owned_event owned_event::discarded(boost::system::error_code why)
 {
-    owned_event e{connection_event::kind::discarded};
-    e.error = why;
-    return e;
+    return {.what = event_kind::discarded, .error = why};
 }
 
 owned_event owned_event::closed()
 {
-    return owned_event{connection_event::kind::closed};
+    return {.what = event_kind::closed};
 }
 
 connection_event owned_event::view() const

@@ -3,6 +3,8 @@
 // order they are to be carried out.
 #pragma once
 
+#include "core/action_queue.hpp"
+
 #include <hl7/net/client.hpp>
 #include <hl7/model/ack.hpp>
 
@@ -117,29 +119,19 @@ public:
     /// `observed`: an observer is set; without one, notify() drops events.
     explicit output(bool observed) : observed_(observed) {}
 
-    void push(action a) { actions_.push_back(std::move(a)); }
+    void push(action a) { actions_.push(std::move(a)); }
     void notify(owned_event ev)
     {
         if (observed_)
-            actions_.push_back(action::notify(std::move(ev)));
+            actions_.push(action::notify(std::move(ev)));
     }
 
     /// Takes the next action, in order; false when there is none.
-    bool next(action& out)
-    {
-        if (taken_ == actions_.size()) {
-            actions_.clear(); // keeps the capacity: no allocation per message
-            taken_ = 0;
-            return false;
-        }
-        out = std::move(actions_[taken_++]);
-        return true;
-    }
+    bool next(action& out) { return actions_.next(out); }
 
 private:
     bool observed_;
-    std::vector<action> actions_;
-    std::size_t taken_ = 0; // actions_ already handed out by next()
+    action_queue<action> actions_;
 };
 
 } // namespace hl7::detail

@@ -44,7 +44,7 @@ void lane_core::start(outbox_clock::time_point now)
     started_ = true;
     claiming_ = true;
     claim_asked_ = now;
-    actions_.push_back(action::claim());
+    actions_.push(action::claim());
 }
 
 void lane_core::claimed(boost::system::error_code ec, outbox_clock::time_point now)
@@ -56,7 +56,7 @@ void lane_core::claimed(boost::system::error_code ec, outbox_clock::time_point n
         if (!holding_) {
             // The first claim failed: nothing was started, nothing to wait for.
             stopped_ = true;
-            actions_.push_back(action::stopped(ec));
+            actions_.push(action::stopped(ec));
             return;
         }
         fail(ec);
@@ -88,7 +88,7 @@ void lane_core::fetched(boost::system::error_code ec, std::vector<outbox_record>
             }
             if (drained_) {
                 drained_ = false;
-                actions_.push_back(action::busy());
+                actions_.push(action::busy());
             }
         }
         woken_ = false;
@@ -135,13 +135,13 @@ void lane_core::recorded(boost::system::error_code ec, outbox_clock::time_point 
                 changes_.push_back(lane_change::requeue(c.id, true));
             } else {
                 e->ph = phase::sending;
-                actions_.push_back(action::notify({.what = outbox_event::kind::written,
+                actions_.push(action::notify({.what = outbox_event::kind::written,
                                                    .id = c.id,
                                                    .control_id = e->rec.control_id,
                                                    .state = outbox_state::written,
                                                    .possible_duplicate = e->rec.possible_duplicate,
                                                    .attempts = e->rec.attempts}));
-                actions_.push_back(action::send(c.id));
+                actions_.push(action::send(c.id));
             }
             break;
         case lane_change::kind::requeued:
@@ -158,7 +158,7 @@ void lane_core::recorded(boost::system::error_code ec, outbox_clock::time_point 
                            .possible_duplicate = e->rec.possible_duplicate,
                            .attempts = e->rec.attempts};
             entries_.erase(entries_.begin() + index_of(*e));
-            actions_.push_back(action::notify(std::move(note)));
+            actions_.push(action::notify(std::move(note)));
             break;
         }
         }
@@ -207,7 +207,7 @@ void lane_core::sent(std::int64_t id, boost::system::error_code ec, const hl7::a
             e->ph = phase::finishing;
         } else {
             e->not_before = now + d.delay;
-            actions_.push_back(action::notify({.what = outbox_event::kind::retry_scheduled,
+            actions_.push(action::notify({.what = outbox_event::kind::retry_scheduled,
                                                .id = id,
                                                .control_id = e->rec.control_id,
                                                .state = in_doubt(ec) ? outbox_state::written : outbox_state::queued,
@@ -238,7 +238,7 @@ void lane_core::timer_fired(outbox_clock::time_point now)
         claiming_ = true;
         renew_at_ = outbox_clock::time_point::max();
         claim_asked_ = now;
-        actions_.push_back(action::claim());
+        actions_.push(action::claim());
     }
     pump(now);
 }
@@ -260,22 +260,11 @@ void lane_core::stop(outbox_clock::time_point now)
     stopping_ = true;
     if (!started_) {
         stopped_ = true;
-        actions_.push_back(action::stopped());
+        actions_.push(action::stopped());
         return;
     }
     cancel_sending(0);
     pump(now);
-}
-
-bool lane_core::next(action& out)
-{
-    if (taken_ == actions_.size()) {
-        actions_.clear();
-        taken_ = 0;
-        return false;
-    }
-    out = std::move(actions_[taken_++]);
-    return true;
 }
 
 const outbox_record& lane_core::record(std::int64_t id) const
@@ -319,7 +308,7 @@ void lane_core::pump(outbox_clock::time_point now)
     flush();
     if (!stopping_ && entries_.empty() && exhausted_ && !fetching_ && !drained_) {
         drained_ = true;
-        actions_.push_back(action::drained());
+        actions_.push(action::drained());
     }
     maybe_stop();
     if (!stopped_)
@@ -354,7 +343,7 @@ void lane_core::flush()
     if (failed_ || !recording_.empty() || changes_.empty())
         return;
     recording_ = changes_;
-    actions_.push_back(action::record(std::move(changes_)));
+    actions_.push(action::record(std::move(changes_)));
     changes_.clear();
 }
 
@@ -364,7 +353,7 @@ void lane_core::maybe_fetch()
         return;
     fetching_ = true;
     woken_ = false;
-    actions_.push_back(action::fetch(settings_.batch));
+    actions_.push(action::fetch(settings_.batch));
 }
 
 void lane_core::maybe_stop()
@@ -376,9 +365,9 @@ void lane_core::maybe_stop()
     stopped_ = true;
     if (armed_ != outbox_clock::time_point::max()) {
         armed_ = outbox_clock::time_point::max();
-        actions_.push_back(action::arm_timer(armed_));
+        actions_.push(action::arm_timer(armed_));
     }
-    actions_.push_back(action::stopped(error_));
+    actions_.push(action::stopped(error_));
 }
 
 void lane_core::fail(boost::system::error_code ec)
@@ -400,7 +389,7 @@ void lane_core::cancel_sending(std::size_t from)
 {
     for (std::size_t i = from; i < entries_.size(); ++i)
         if (entries_[i].ph == phase::sending)
-            actions_.push_back(action::cancel(entries_[i].rec.id));
+            actions_.push(action::cancel(entries_[i].rec.id));
 }
 
 void lane_core::rearm(outbox_clock::time_point now)
@@ -419,7 +408,7 @@ void lane_core::rearm(outbox_clock::time_point now)
     }
     if (deadline != armed_) {
         armed_ = deadline;
-        actions_.push_back(action::arm_timer(deadline));
+        actions_.push(action::arm_timer(deadline));
     }
 }
 

@@ -24,6 +24,7 @@
 //     written, so that an instance paused past its lease does not send beside the new owner.
 #pragma once
 
+#include "core/action_queue.hpp"
 #include "core/retry_policy.hpp"
 
 #include <hl7/model/ack.hpp>
@@ -150,7 +151,7 @@ public:
 
     // --- outputs --------------------------------------------------------------------------
     /// Takes the next action to carry out, in order; false when there is none.
-    bool next(action& out);
+    bool next(action& out) { return actions_.next(out); }
 
     /// The record of a message the lane holds (valid until the next input).
     const outbox_record& record(std::int64_t id) const;
@@ -203,8 +204,7 @@ private:
     outbox_clock::time_point claim_asked_{};
     outbox_clock::time_point lease_until_ = outbox_clock::time_point::max();
     outbox_clock::time_point armed_ = outbox_clock::time_point::max();
-    std::vector<action> actions_;
-    std::size_t taken_ = 0;
+    action_queue<action> actions_;
 };
 
 } // namespace hl7::detail

@@ -381,17 +381,8 @@ private:
         box_->store->heartbeat(
             box_->owner, box_->options.lease_ttl,
             asio::bind_executor(box_->strand, [self = shared_from_this()](error_code ec, std::size_t instances) {
-                if (self->stopping_) {
-                    self->listing_ = false;
-                    self->maybe_finish();
-                    return;
-                }
-                if (ec) {
-                    self->listing_ = false;
-                    self->poll_failed(ec);
-                    return;
-                }
-                self->list_lanes(std::max<std::size_t>(1, instances));
+                if (self->discovery_goes_on(ec, false))
+                    self->list_lanes(std::max<std::size_t>(1, instances));
             }));
     }
 
@@ -399,15 +390,8 @@ private:
     {
         box_->store->lanes(key_, asio::bind_executor(box_->strand, [self = shared_from_this(), instances](
                                                                     error_code ec, std::vector<std::uint32_t> lanes) {
-            self->listing_ = false;
-            if (self->stopping_) {
-                self->maybe_finish();
+            if (!self->discovery_goes_on(ec, true))
                 return;
-            }
-            if (ec) {
-                self->poll_failed(ec);
-                return;
-            }
             self->balance(lanes, instances);
             if (self->options_.until_empty && self->drained_.size() == self->lanes_.size()) {
                 self->check_empty();
@@ -451,15 +435,8 @@ private:
         box_->store->select({.destination = key_, .states = {outbox_state::queued, outbox_state::written}, .limit = 1},
                             asio::bind_executor(box_->strand, [self = shared_from_this()](
                                                                   error_code ec, std::vector<outbox_record> pending) {
-                                self->listing_ = false;
-                                if (self->stopping_) {
-                                    self->maybe_finish();
+                                if (!self->discovery_goes_on(ec, true))
                                     return;
-                                }
-                                if (ec) {
-                                    self->poll_failed(ec);
-                                    return;
-                                }
                                 if (pending.empty() && self->drained_.size() == self->lanes_.size()) {
                                     self->stop_lanes();
                                     return;
@@ -470,6 +447,23 @@ private:
 
     // A shared store out of reach is waited out (the next poll tries again); any other error
     // stops the run.
+    // Where a step of discovery lands: true when the run goes on with it; a stopping run
+    // finishes instead, a store error waits for the next poll. `last`: listing ends here.
+    bool discovery_goes_on(error_code ec, bool last)
+    {
+        if (last || stopping_ || ec)
+            listing_ = false;
+        if (stopping_) {
+            maybe_finish();
+            return false;
+        }
+        if (ec) {
+            poll_failed(ec);
+            return false;
+        }
+        return true;
+    }
+
     void poll_failed(error_code ec)
     {
         if (ec == outbox_errc::store_unavailable)

@@ -154,6 +154,16 @@ struct tally {
 };
 
 // A message of about `size` bytes.
+// A hook that throws on its first call and passes the text on unchanged after.
+std::function<std::string(std::string_view)> throwing_once()
+{
+    return [calls = std::make_shared<int>(0)](std::string_view s) -> std::string {
+        if ((*calls)++ == 0)
+            throw std::runtime_error("hook");
+        return std::string(s);
+    };
+}
+
 message big_message(std::size_t size)
 {
     message m = fresh();
@@ -1053,12 +1063,7 @@ TEST_CASE("a throwing send hook fails that send with hook_failed, unsent")
         peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
         auto client = make_client(ex);
         auto options = quick();
-        auto calls = std::make_shared<int>(0);
-        options.send_hook = [calls](std::string_view s) -> std::string {
-            if ((*calls)++ == 0)
-                throw std::runtime_error("hook");
-            return std::string(s);
-        };
+        options.send_hook = throwing_once();
         auto conn = client.connect(p.port(), options).value();
         auto first = co_await conn.send(fresh());
         REQUIRE(first.has_error());
@@ -1076,12 +1081,7 @@ TEST_CASE("a throwing receive hook fails the message in flight with hook_failed 
         peer p(ex, [](peer_link& l, std::size_t) { return l.serve(); });
         auto client = make_client(ex);
         auto options = quick();
-        auto calls = std::make_shared<int>(0);
-        options.receive_hook = [calls](std::string_view s) -> std::string {
-            if ((*calls)++ == 0)
-                throw std::runtime_error("hook");
-            return std::string(s);
-        };
+        options.receive_hook = throwing_once();
         auto conn = client.connect(p.port(), options).value();
         auto first = co_await conn.send(fresh());
         REQUIRE(first.has_error());

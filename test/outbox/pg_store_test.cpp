@@ -6,6 +6,7 @@
 #include "outbox/pg_store.hpp"
 
 #include "support/postgres.hpp"
+#include "support/store_harness.hpp"
 #include "support/util.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -17,7 +18,6 @@
 #include <atomic>
 #include <optional>
 #include <set>
-#include <tuple>
 
 using namespace std::chrono_literals;
 namespace asio = boost::asio;
@@ -46,102 +46,18 @@ std::string fresh_schema()
     return "store_test_" + std::to_string(::getpid()) + "_" + std::to_string(++n);
 }
 
-const time_point t0 = time_point(std::chrono::milliseconds(1'700'000'000'000));
-const std::string here = "127.0.0.1:2575";
+using hl7::test::store_t0;
+using hl7::test::store_destination;
+using hl7::test::store_message;
+using hl7::test::store_bytes;
 
-std::string bytes_of(const std::string& id)
-{
-    return "MSH|^~\\&|SND|F|RCV|F|20240101||ADT^A01|" + id + "|P|2.5.1\rPID|1||" + id + "\r";
-}
-
-hl7::detail::new_message msg(const std::string& id, std::uint32_t lane = 0, std::string destination = here)
-{
-    return {.destination = std::move(destination), .lane = lane, .control_id = id, .bytes = bytes_of(id), .at = t0};
-}
-
-// A store on an io_context of its own; each call waits (at most 10 s) for its completion,
-// which must come exactly once.
-struct fixture {
+struct fixture : hl7::test::store_harness {
     explicit fixture(const std::string& schema, std::size_t connections = 4)
+        : store_harness([&](asio::any_io_executor ex) {
+              return hl7::detail::open_pg_store(ex, server().uri(), {.schema = schema, .connections = connections});
+          })
     {
-        auto s = hl7::detail::open_pg_store(ctx.get_executor(), server().uri(),
-                                            {.schema = schema, .connections = connections});
-        if (s)
-            store = std::move(s).value();
-        else
-            open_error = s.error();
     }
-    ~fixture()
-    {
-        if (store) {
-            bool closed = false;
-            store->close([&] { closed = true; });
-            ctx.restart();
-            ctx.run_for(10s);
-            CHECK(closed);
-        }
-    }
-
-    template <class... Results, class Op>
-    std::tuple<error_code, Results...> call(Op op)
-    {
-        std::optional<std::tuple<error_code, Results...>> got;
-        int completions = 0;
-        op([&](error_code ec, Results... r) {
-            ++completions;
-            got.emplace(ec, std::move(r)...);
-        });
-        ctx.restart();
-        while (completions == 0 && ctx.run_one_for(10s) > 0) {
-        }
-        ctx.poll();
-        REQUIRE_MESSAGE(completions == 1, "the operation completed " << completions << " times");
-        return std::move(*got);
-    }
-
-    hl7::enqueue_result enqueue(hl7::detail::new_message m, error_code expected = {})
-    {
-        auto [ec, r] = call<hl7::enqueue_result>([&](auto h) { store->enqueue(std::move(m), std::move(h)); });
-        CHECK(ec == expected);
-        return r;
-    }
-
-    std::vector<hl7::outbox_record> select(hl7::detail::record_query q)
-    {
-        auto [ec, v] = call<std::vector<hl7::outbox_record>>([&](auto h) { store->select(std::move(q), std::move(h)); });
-        CHECK(!ec);
-        return v;
-    }
-
-    hl7::outbox_record get(std::int64_t id)
-    {
-        auto v = select({.id = id});
-        REQUIRE(v.size() == 1);
-        return v.front();
-    }
-
-    std::tuple<error_code, hl7::detail::lease> claim(std::uint32_t lane, std::string owner,
-                                                     hl7::outbox_clock::duration ttl = 30s)
-    {
-        return call<hl7::detail::lease>(
-            [&](auto h) { store->claim({here, lane}, std::move(owner), ttl, t0, std::move(h)); });
-    }
-
-    error_code record(hl7::detail::lease l, std::vector<lane_change> changes)
-    {
-        return std::get<0>(call<>([&](auto h) { store->record(std::move(l), std::move(changes), std::move(h)); }));
-    }
-
-    std::size_t heartbeat(std::string owner, hl7::outbox_clock::duration ttl)
-    {
-        auto [ec, n] = call<std::size_t>([&](auto h) { store->heartbeat(std::move(owner), ttl, std::move(h)); });
-        CHECK(!ec);
-        return n;
-    }
-
-    asio::io_context ctx;
-    std::unique_ptr<hl7::detail::store> store;
-    error_code open_error;
 };
 
 // A connection of the test's own, behind the store's back.
@@ -169,7 +85,7 @@ TEST_CASE("the schema is created once, opened again unchanged, and another schem
     {
         fixture f(schema);
         REQUIRE(f.store);
-        id = f.enqueue(msg("S1")).id;
+        id = f.enqueue(store_message("S1")).id;
     }
     fixture again(schema);
     REQUIRE(again.store);
@@ -212,7 +128,7 @@ TEST_CASE("an enqueued message is stored as given, bytes that are not UTF-8 incl
 {
     fixture f(fresh_schema());
     REQUIRE(f.store);
-    auto m = msg("E1", 3);
+    auto m = store_message("E1", 3);
     m.bytes += "NTE|1||caf\xe9 \x01\r"; // Latin-1, and a control byte
     const auto r = f.enqueue(m);
     CHECK(!r.duplicate);
@@ -221,15 +137,15 @@ TEST_CASE("an enqueued message is stored as given, bytes that are not UTF-8 incl
     const auto rec = f.get(r.id);
     CHECK(rec.message == m.bytes);
     CHECK(rec.control_id == "E1");
-    CHECK(rec.destination == here);
+    CHECK(rec.destination == store_destination);
     CHECK(rec.lane == 3);
-    CHECK(rec.enqueued_at == t0);
-    CHECK(rec.queued_at == t0);
+    CHECK(rec.enqueued_at == store_t0);
+    CHECK(rec.queued_at == store_t0);
     CHECK(rec.attempts == 0);
     CHECK(!rec.possible_duplicate);
     CHECK(rec.outcome == 0);
-    CHECK(f.enqueue(msg("E2")).id > r.id);
-    auto [ec, lanes] = f.call<std::vector<std::uint32_t>>([&](auto h) { f.store->lanes(here, std::move(h)); });
+    CHECK(f.enqueue(store_message("E2")).id > r.id);
+    auto [ec, lanes] = f.call<std::vector<std::uint32_t>>([&](auto h) { f.store->lanes(store_destination, std::move(h)); });
     CHECK(!ec);
     CHECK(lanes == std::vector<std::uint32_t>{0, 3});
 }
@@ -238,18 +154,18 @@ TEST_CASE("the same message again is a duplicate; the same MSH-10 with other byt
 {
     fixture f(fresh_schema());
     REQUIRE(f.store);
-    const auto first = f.enqueue(msg("D1", 2));
-    const auto again = f.enqueue(msg("D1", 2));
+    const auto first = f.enqueue(store_message("D1", 2));
+    const auto again = f.enqueue(store_message("D1", 2));
     CHECK(again.duplicate);
     CHECK(again.id == first.id);
     CHECK(again.lane == 2);
-    auto other = msg("D1", 2);
+    auto other = store_message("D1", 2);
     other.bytes += "NTE|1||changed\r";
     f.enqueue(other, outbox_errc::control_id_conflict);
-    const auto elsewhere = f.enqueue(msg("D1", 0, "127.0.0.1:2576"));
+    const auto elsewhere = f.enqueue(store_message("D1", 0, "127.0.0.1:2576"));
     CHECK(!elsewhere.duplicate);
     CHECK(elsewhere.id != first.id);
-    CHECK(f.select({.destination = here, .control_id = "D1"}).size() == 1);
+    CHECK(f.select({.destination = store_destination, .control_id = "D1"}).size() == 1);
     CHECK(f.select({}).size() == 2);
 }
 
@@ -257,11 +173,11 @@ TEST_CASE("a lease is renewed by its owner with its token, held against others u
 {
     fixture f(fresh_schema());
     REQUIRE(f.store);
-    const auto id = f.enqueue(msg("L1")).id;
+    const auto id = f.enqueue(store_message("L1")).id;
     auto [e1, a1] = f.claim(0, "a");
     REQUIRE(!e1);
     CHECK(a1.token == 1);
-    CHECK(a1.expires > hl7::outbox_clock::now()); // the server's clock, not the caller's t0
+    CHECK(a1.expires > hl7::outbox_clock::now()); // the server's clock, not the caller's store_t0
     auto [e2, a2] = f.claim(0, "a");
     REQUIRE(!e2);
     CHECK(a2.token == 1);
@@ -273,10 +189,10 @@ TEST_CASE("a lease is renewed by its owner with its token, held against others u
     auto [e4, b] = f.claim(0, "b");
     REQUIRE(!e4);
     CHECK(b.token == 2);
-    CHECK(f.record(a1, {lane_change::mark_written(id, t0, false)}) == outbox_errc::lease_lost);
+    CHECK(f.record(a1, {lane_change::mark_written(id, store_t0, false)}) == outbox_errc::lease_lost);
     CHECK(f.get(id).state == outbox_state::queued);
     CHECK(f.get(id).attempts == 0);
-    CHECK(!f.record(b, {lane_change::mark_written(id, t0, false)}));
+    CHECK(!f.record(b, {lane_change::mark_written(id, store_t0, false)}));
     CHECK(f.get(id).state == outbox_state::written);
     auto [e5, stale] = f.claim(0, "a");
     CHECK(e5 == outbox_errc::lease_held);
@@ -291,7 +207,7 @@ TEST_CASE("a claim skips a lane whose lease row another transaction has locked i
     const std::string schema = fresh_schema();
     fixture f(schema);
     REQUIRE(f.store);
-    f.enqueue(msg("K1"));
+    f.enqueue(store_message("K1"));
     side_connection other;
     other.exec("BEGIN");
     other.exec("SELECT * FROM " + schema + ".lanes WHERE lane = 0 FOR UPDATE");
@@ -310,13 +226,13 @@ TEST_CASE("two stores claiming every lane at once never hold the same lane, and 
     REQUIRE(a.store);
     REQUIRE(b.store);
     for (std::uint32_t lane = 0; lane < 8; ++lane)
-        a.enqueue(msg(hl7::test::label("C", lane), lane));
+        a.enqueue(store_message(hl7::test::label("C", lane), lane));
     std::map<std::uint32_t, std::string> owners;
     int completions = 0;
     for (std::uint32_t lane = 0; lane < 8; ++lane) {
         for (auto* f : {&a, &b}) {
             const std::string owner = f == &a ? "a" : "b";
-            f->store->claim({here, lane}, owner, 30s, t0, [&, lane, owner](error_code ec, hl7::detail::lease l) {
+            f->store->claim({store_destination, lane}, owner, 30s, store_t0, [&, lane, owner](error_code ec, hl7::detail::lease l) {
                 ++completions;
                 if (!ec) {
                     CHECK_MESSAGE(!owners.contains(lane), "lane " << lane << " claimed twice");
@@ -342,31 +258,31 @@ TEST_CASE("a lane's changes apply in order, and outcomes are numbered for the st
 {
     fixture f(fresh_schema());
     REQUIRE(f.store);
-    const auto a = f.enqueue(msg("R1")).id;
-    const auto b = f.enqueue(msg("R2")).id;
+    const auto a = f.enqueue(store_message("R1")).id;
+    const auto b = f.enqueue(store_message("R2")).id;
     auto [ec, l] = f.claim(0, "me");
     REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, t0 + 1s, false)}));
+    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 1s, false)}));
     CHECK(f.get(a).attempts == 1);
-    CHECK(f.get(a).written_at == t0 + 1s);
+    CHECK(f.get(a).written_at == store_t0 + 1s);
     REQUIRE(!f.record(l, {lane_change::requeue(a, true, "withdrawn")}));
     CHECK(f.get(a).attempts == 0);
     CHECK(f.get(a).state == outbox_state::queued);
     CHECK(f.get(a).error == "withdrawn");
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, t0 + 2s, false), lane_change::mark_written(a, t0 + 3s, true)}));
+    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 2s, false), lane_change::mark_written(a, store_t0 + 3s, true)}));
     CHECK(f.get(a).possible_duplicate);
     CHECK(f.get(a).attempts == 2);
-    REQUIRE(!f.record(l, {lane_change::finish(a, t0 + 4s, outbox_state::rejected, "no such patient \xe9", hl7::ack_code::AE,
+    REQUIRE(!f.record(l, {lane_change::finish(a, store_t0 + 4s, outbox_state::rejected, "no such patient \xe9", hl7::ack_code::AE,
                                               "MSH|ack", 1500us),
-                          lane_change::mark_written(b, t0 + 4s, false)}));
-    REQUIRE(!f.record(l, {lane_change::finish(b, t0 + 5s, outbox_state::acknowledged, "", hl7::ack_code::AA, "MSH|ack2")}));
+                          lane_change::mark_written(b, store_t0 + 4s, false)}));
+    REQUIRE(!f.record(l, {lane_change::finish(b, store_t0 + 5s, outbox_state::acknowledged, "", hl7::ack_code::AA, "MSH|ack2")}));
     const auto ra = f.get(a);
     CHECK(ra.state == outbox_state::rejected);
     CHECK(ra.code == hl7::ack_code::AE);
     CHECK(ra.ack == "MSH|ack");
     CHECK(ra.round_trip == 1500us);
     CHECK(ra.error == "no such patient \xe9");
-    CHECK(ra.finished_at == t0 + 4s);
+    CHECK(ra.finished_at == store_t0 + 4s);
     CHECK(ra.outcome == 1);
     const auto rb = f.get(b);
     CHECK(rb.outcome == 2);
@@ -378,7 +294,7 @@ TEST_CASE("a lane's changes apply in order, and outcomes are numbered for the st
     CHECK(stream[0].id == a);
     CHECK(stream[1].id == b);
     CHECK(f.select({.after_outcome = 1}).front().id == b);
-    CHECK(f.select({.destination = here, .control_id = "R2"}).front().id == b);
+    CHECK(f.select({.destination = store_destination, .control_id = "R2"}).front().id == b);
     CHECK(f.select({.lane = 0, .states = {outbox_state::queued, outbox_state::written}}).empty());
 }
 
@@ -390,18 +306,18 @@ TEST_CASE("outcomes recorded by two instances at once are numbered without gaps 
     REQUIRE(b.store);
     std::vector<std::int64_t> ids[2];
     for (int i = 0; i < 40; ++i)
-        ids[i % 2].push_back(a.enqueue(msg(hl7::test::label("N", i), static_cast<std::uint32_t>(i % 2))).id);
+        ids[i % 2].push_back(a.enqueue(store_message(hl7::test::label("N", i), static_cast<std::uint32_t>(i % 2))).id);
     auto [ea, la] = a.claim(0, "a");
     auto [eb, lb] = b.claim(1, "b");
     REQUIRE(!ea);
     REQUIRE(!eb);
     int completions = 0;
     for (std::size_t i = 0; i < ids[0].size(); ++i) {
-        a.store->record(la, {lane_change::finish(ids[0][i], t0, outbox_state::acknowledged, "")}, [&](error_code ec) {
+        a.store->record(la, {lane_change::finish(ids[0][i], store_t0, outbox_state::acknowledged, "")}, [&](error_code ec) {
             CHECK(!ec);
             ++completions;
         });
-        b.store->record(lb, {lane_change::finish(ids[1][i], t0, outbox_state::acknowledged, "")}, [&](error_code ec) {
+        b.store->record(lb, {lane_change::finish(ids[1][i], store_t0, outbox_state::acknowledged, "")}, [&](error_code ec) {
             CHECK(!ec);
             ++completions;
         });
@@ -425,14 +341,14 @@ TEST_CASE("retry queues dead letters again out of the outcome stream; purge dele
 {
     fixture f(fresh_schema());
     REQUIRE(f.store);
-    const auto dead = f.enqueue(msg("P1")).id;
-    const auto done = f.enqueue(msg("P2")).id;
-    const auto waiting = f.enqueue(msg("P3")).id;
+    const auto dead = f.enqueue(store_message("P1")).id;
+    const auto done = f.enqueue(store_message("P2")).id;
+    const auto waiting = f.enqueue(store_message("P3")).id;
     auto [ec, l] = f.claim(0, "owner-1");
     REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::finish(dead, t0, outbox_state::failed, "gave up"),
-                          lane_change::finish(done, t0, outbox_state::acknowledged, ""),
-                          lane_change::mark_written(waiting, t0, true)}));
+    REQUIRE(!f.record(l, {lane_change::finish(dead, store_t0, outbox_state::failed, "gave up"),
+                          lane_change::finish(done, store_t0, outbox_state::acknowledged, ""),
+                          lane_change::mark_written(waiting, store_t0, true)}));
     const auto status = f.call<std::vector<hl7::outbox_lane_status>>([&](auto h) { f.store->status(std::move(h)); });
     const auto& lanes = std::get<1>(status);
     REQUIRE(lanes.size() == 1);
@@ -440,17 +356,17 @@ TEST_CASE("retry queues dead letters again out of the outcome stream; purge dele
     CHECK(lanes[0].acknowledged == 1);
     CHECK(lanes[0].written == 1);
     CHECK(lanes[0].possible_duplicates == 1);
-    CHECK(lanes[0].oldest_pending == t0);
+    CHECK(lanes[0].oldest_pending == store_t0);
     CHECK(lanes[0].lease_owner == "owner-1");
     CHECK(lanes[0].lease_token == 1);
     CHECK(lanes[0].lease_expires.has_value());
-    auto [rec, retried] = f.call<std::uint64_t>([&](auto h) { f.store->retry({dead, done}, false, t0 + 1s, std::move(h)); });
+    auto [rec, retried] = f.call<std::uint64_t>([&](auto h) { f.store->retry({dead, done}, false, store_t0 + 1s, std::move(h)); });
     CHECK(!rec);
     CHECK(retried == 1);
     CHECK(f.get(dead).state == outbox_state::queued);
     CHECK(f.get(dead).outcome == 0);
-    CHECK(f.get(dead).queued_at == t0 + 1s);
-    auto [pec, purged] = f.call<std::uint64_t>([&](auto h) { f.store->purge(t0 + 1h, std::move(h)); });
+    CHECK(f.get(dead).queued_at == store_t0 + 1s);
+    auto [pec, purged] = f.call<std::uint64_t>([&](auto h) { f.store->purge(store_t0 + 1h, std::move(h)); });
     CHECK(!pec);
     CHECK(purged == 1);
     CHECK(f.select({}).size() == 2);
@@ -474,7 +390,7 @@ TEST_CASE("operations after close complete with closed")
     REQUIRE(f.store);
     bool closed = false;
     f.store->close([&] { closed = true; });
-    auto [ec, r] = f.call<hl7::enqueue_result>([&](auto h) { f.store->enqueue(msg("X1"), std::move(h)); });
+    auto [ec, r] = f.call<hl7::enqueue_result>([&](auto h) { f.store->enqueue(store_message("X1"), std::move(h)); });
     CHECK(ec == outbox_errc::closed);
     CHECK(closed);
 }
@@ -489,7 +405,7 @@ TEST_CASE("a restarted server fails what was under way with store_unavailable, t
     auto store = std::move(opened).value();
     auto enqueue = [&](const std::string& id) {
         std::optional<error_code> got;
-        store->enqueue(msg(id), [&](error_code ec, hl7::enqueue_result) { got = ec; });
+        store->enqueue(store_message(id), [&](error_code ec, hl7::enqueue_result) { got = ec; });
         ctx.restart();
         while (!got && ctx.run_one_for(20s) > 0) {
         }

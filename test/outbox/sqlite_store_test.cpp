@@ -4,10 +4,9 @@
 // processes), each a named error with nothing acknowledged lost.
 #include "outbox/sqlite_store.hpp"
 
+#include "support/store_harness.hpp"
 #include "support/tool_util.hpp"
 #include "support/util.hpp"
-
-#include <boost/asio/io_context.hpp>
 
 #include <doctest/doctest.h>
 
@@ -17,8 +16,6 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
-#include <optional>
-#include <tuple>
 
 #include <pwd.h>
 #include <sys/resource.h>
@@ -37,107 +34,20 @@ using time_point = hl7::outbox_clock::time_point;
 
 namespace {
 
-const time_point t0 = time_point(std::chrono::milliseconds(1'700'000'000'000));
+using hl7::test::store_t0;
+using hl7::test::store_destination;
+using hl7::test::store_message;
+using hl7::test::store_bytes;
 
-std::string bytes_of(const std::string& id, std::size_t padding = 0)
-{
-    return "MSH|^~\\&|SND|F|RCV|F|20240101||ADT^A01|" + id + "|P|2.5.1\rPID|1||" + id + "\rNTE|1||" +
-           std::string(padding, 'x') + "\r";
-}
-
-hl7::detail::new_message msg(const std::string& id, std::uint32_t lane = 0, std::string destination = "127.0.0.1:2575")
-{
-    return {.destination = std::move(destination), .lane = lane, .control_id = id, .bytes = bytes_of(id), .at = t0};
-}
-
-// A store on an io_context of its own; each call waits (at most 10 s) for its completion,
-// which must come exactly once.
-struct fixture {
-    explicit fixture(std::string path, hl7::outbox_synchronous sync = hl7::outbox_synchronous::normal,
+struct fixture : hl7::test::store_harness {
+    explicit fixture(const std::string& path, hl7::outbox_synchronous sync = hl7::outbox_synchronous::normal,
                      std::function<void(const hl7::outbox_event&)> observer = {})
+        : store_harness([&](asio::any_io_executor ex) {
+              return hl7::detail::open_sqlite_store(ex, path,
+                                                    {.synchronous = sync, .busy_timeout = 2s, .observer = std::move(observer)});
+          })
     {
-        auto s = hl7::detail::open_sqlite_store(ctx.get_executor(), path,
-                                                {.synchronous = sync, .busy_timeout = 2s, .observer = std::move(observer)});
-        if (s)
-            store = std::move(s).value();
-        else
-            open_error = s.error();
     }
-    ~fixture()
-    {
-        if (store) {
-            bool closed = false;
-            store->close([&] { closed = true; });
-            ctx.restart();
-            ctx.run_for(10s);
-            CHECK(closed);
-        }
-    }
-
-    // Starts `op` with a handler that records its arguments, runs until it completed.
-    template <class... Results, class Op>
-    std::tuple<error_code, Results...> call(Op op)
-    {
-        std::optional<std::tuple<error_code, Results...>> got;
-        int completions = 0;
-        op([&](error_code ec, Results... r) {
-            ++completions;
-            got.emplace(ec, std::move(r)...);
-        });
-        ctx.restart();
-        ctx.run_for(10s);
-        REQUIRE_MESSAGE(completions == 1, "the operation completed " << completions << " times");
-        return std::move(*got);
-    }
-
-    hl7::enqueue_result enqueue(hl7::detail::new_message m, error_code expected = {})
-    {
-        auto [ec, r] = call<hl7::enqueue_result>([&](auto h) { store->enqueue(std::move(m), std::move(h)); });
-        CHECK(ec == expected);
-        return r;
-    }
-
-    std::vector<hl7::outbox_record> select(hl7::detail::record_query q)
-    {
-        auto [ec, v] = call<std::vector<hl7::outbox_record>>([&](auto h) { store->select(std::move(q), std::move(h)); });
-        CHECK(!ec);
-        return v;
-    }
-
-    hl7::outbox_record get(std::int64_t id)
-    {
-        auto v = select({.id = id});
-        REQUIRE(v.size() == 1);
-        return v.front();
-    }
-
-    error_code begin_delivery()
-    {
-        return std::get<0>(call<>([&](auto h) { store->begin_delivery(std::move(h)); }));
-    }
-
-    std::tuple<error_code, hl7::detail::lease> claim(std::uint32_t lane, std::string owner, time_point now = t0)
-    {
-        return call<hl7::detail::lease>([&](auto h) {
-            store->claim({"127.0.0.1:2575", lane}, std::move(owner), 30s, now, std::move(h));
-        });
-    }
-
-    error_code record(hl7::detail::lease l, std::vector<lane_change> changes)
-    {
-        return std::get<0>(call<>([&](auto h) { store->record(std::move(l), std::move(changes), std::move(h)); }));
-    }
-
-    std::vector<hl7::outbox_lane_status> status()
-    {
-        auto [ec, v] = call<std::vector<hl7::outbox_lane_status>>([&](auto h) { store->status(std::move(h)); });
-        CHECK(!ec);
-        return v;
-    }
-
-    asio::io_context ctx;
-    std::unique_ptr<hl7::detail::store> store;
-    error_code open_error;
 };
 
 std::string db_in(const hl7::test::temp_dir& dir)
@@ -191,23 +101,23 @@ TEST_CASE("an enqueued message is stored with everything the outbox knows of it,
     hl7::test::temp_dir dir;
     fixture f(db_in(dir));
     REQUIRE(f.store);
-    const auto a = f.enqueue(msg("A1", 2));
-    const auto b = f.enqueue(msg("A2"));
+    const auto a = f.enqueue(store_message("A1", 2));
+    const auto b = f.enqueue(store_message("A2"));
     CHECK(a.id > 0);
     CHECK(b.id > a.id);
     CHECK(a.lane == 2);
     CHECK(a.state == outbox_state::queued);
     CHECK_FALSE(a.duplicate);
     const auto r = f.get(a.id);
-    CHECK(r.destination == "127.0.0.1:2575");
+    CHECK(r.destination == store_destination);
     CHECK(r.lane == 2);
     CHECK(r.control_id == "A1");
-    CHECK(r.message == bytes_of("A1"));
+    CHECK(r.message == store_bytes("A1"));
     CHECK(r.state == outbox_state::queued);
     CHECK(r.attempts == 0);
     CHECK_FALSE(r.possible_duplicate);
-    CHECK(r.enqueued_at == t0);
-    CHECK(r.queued_at == t0);
+    CHECK(r.enqueued_at == store_t0);
+    CHECK(r.queued_at == store_t0);
     CHECK_FALSE(r.written_at.has_value());
     CHECK_FALSE(r.finished_at.has_value());
     CHECK(r.outcome == 0);
@@ -218,14 +128,14 @@ TEST_CASE("the same message again is a duplicate; the same MSH-10 with other byt
     hl7::test::temp_dir dir;
     fixture f(db_in(dir));
     REQUIRE(f.store);
-    const auto first = f.enqueue(msg("D1"));
-    const auto again = f.enqueue(msg("D1"));
+    const auto first = f.enqueue(store_message("D1"));
+    const auto again = f.enqueue(store_message("D1"));
     CHECK(again.duplicate);
     CHECK(again.id == first.id);
-    auto changed = msg("D1");
+    auto changed = store_message("D1");
     changed.bytes += "ZZZ|1\r";
     f.enqueue(changed, outbox_errc::control_id_conflict);
-    const auto elsewhere = f.enqueue(msg("D1", 0, "127.0.0.1:2576"));
+    const auto elsewhere = f.enqueue(store_message("D1", 0, "127.0.0.1:2576"));
     CHECK_FALSE(elsewhere.duplicate);
     CHECK(f.select({}).size() == 2);
 }
@@ -237,12 +147,12 @@ TEST_CASE("what was enqueued is there after the store is closed and opened again
     {
         fixture f(db_in(dir), hl7::outbox_synchronous::full);
         REQUIRE(f.store);
-        id = f.enqueue(msg("P1")).id;
+        id = f.enqueue(store_message("P1")).id;
     }
     fixture again(db_in(dir));
     REQUIRE(again.store);
     CHECK(again.get(id).control_id == "P1");
-    CHECK(again.enqueue(msg("P1")).duplicate);
+    CHECK(again.enqueue(store_message("P1")).duplicate);
 }
 
 TEST_CASE("concurrent enqueues share commits, and every one of them is stored")
@@ -259,7 +169,7 @@ TEST_CASE("concurrent enqueues share commits, and every one of them is stored")
     constexpr int n = 300;
     int done = 0, failed = 0;
     for (int i = 0; i < n; ++i)
-        f.store->enqueue(msg(hl7::test::label("G", i)), [&](error_code ec, hl7::enqueue_result) {
+        f.store->enqueue(store_message(hl7::test::label("G", i)), [&](error_code ec, hl7::enqueue_result) {
             ++done;
             failed += ec ? 1 : 0;
         });
@@ -276,24 +186,24 @@ TEST_CASE("a lease is renewed by its owner, taken over with the next token, and 
     hl7::test::temp_dir dir;
     fixture f(db_in(dir));
     REQUIRE(f.store);
-    const auto id = f.enqueue(msg("L1")).id;
+    const auto id = f.enqueue(store_message("L1")).id;
     auto [early, none] = f.claim(0, "a");
     CHECK(early == outbox_errc::delivery_locked); // no claim before begin_delivery
     REQUIRE(!f.begin_delivery());
     auto [e1, a1] = f.claim(0, "a");
     REQUIRE(!e1);
     CHECK(a1.token == 1);
-    CHECK(a1.expires == t0 + 30s);
-    auto [e2, a2] = f.claim(0, "a", t0 + 10s);
+    CHECK(a1.expires == store_t0 + 30s);
+    auto [e2, a2] = f.claim(0, "a", 30s, store_t0 + 10s);
     REQUIRE(!e2);
     CHECK(a2.token == 1);
-    CHECK(a2.expires == t0 + 40s);
+    CHECK(a2.expires == store_t0 + 40s);
     auto [e3, b] = f.claim(0, "b");
     REQUIRE(!e3);
     CHECK(b.token == 2);
-    CHECK(f.record(a1, {lane_change::mark_written(id, t0, false)}) == outbox_errc::lease_lost);
+    CHECK(f.record(a1, {lane_change::mark_written(id, store_t0, false)}) == outbox_errc::lease_lost);
     CHECK(f.get(id).state == outbox_state::queued);
-    CHECK(!f.record(b, {lane_change::mark_written(id, t0, false)}));
+    CHECK(!f.record(b, {lane_change::mark_written(id, store_t0, false)}));
     CHECK(f.get(id).state == outbox_state::written);
     const auto s = f.status();
     REQUIRE(s.size() == 1);
@@ -308,32 +218,32 @@ TEST_CASE("a lane's changes are applied in order: written counts an attempt and 
     hl7::test::temp_dir dir;
     fixture f(db_in(dir));
     REQUIRE(f.store);
-    const auto a = f.enqueue(msg("R1")).id;
-    const auto b = f.enqueue(msg("R2")).id;
+    const auto a = f.enqueue(store_message("R1")).id;
+    const auto b = f.enqueue(store_message("R2")).id;
     REQUIRE(!f.begin_delivery());
     auto [ec, l] = f.claim(0, "me");
     REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, t0 + 1s, false)}));
+    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 1s, false)}));
     CHECK(f.get(a).attempts == 1);
-    CHECK(f.get(a).written_at == t0 + 1s);
+    CHECK(f.get(a).written_at == store_t0 + 1s);
     REQUIRE(!f.record(l, {lane_change::requeue(a, true, "withdrawn")}));
     CHECK(f.get(a).attempts == 0);
     CHECK(f.get(a).state == outbox_state::queued);
     CHECK(f.get(a).error == "withdrawn");
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, t0 + 2s, false), lane_change::mark_written(a, t0 + 3s, true)}));
+    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 2s, false), lane_change::mark_written(a, store_t0 + 3s, true)}));
     CHECK(f.get(a).possible_duplicate);
     CHECK(f.get(a).attempts == 2);
-    REQUIRE(!f.record(l, {lane_change::finish(a, t0 + 4s, outbox_state::rejected, "no such patient", hl7::ack_code::AE,
+    REQUIRE(!f.record(l, {lane_change::finish(a, store_t0 + 4s, outbox_state::rejected, "no such patient", hl7::ack_code::AE,
                                               "MSH|ack", 1500us),
-                          lane_change::mark_written(b, t0 + 4s, false)}));
-    REQUIRE(!f.record(l, {lane_change::finish(b, t0 + 5s, outbox_state::acknowledged, "", hl7::ack_code::AA, "MSH|ack2")}));
+                          lane_change::mark_written(b, store_t0 + 4s, false)}));
+    REQUIRE(!f.record(l, {lane_change::finish(b, store_t0 + 5s, outbox_state::acknowledged, "", hl7::ack_code::AA, "MSH|ack2")}));
     const auto ra = f.get(a);
     CHECK(ra.state == outbox_state::rejected);
     CHECK(ra.code == hl7::ack_code::AE);
     CHECK(ra.ack == "MSH|ack");
     CHECK(ra.round_trip == 1500us);
     CHECK(ra.error == "no such patient");
-    CHECK(ra.finished_at == t0 + 4s);
+    CHECK(ra.finished_at == store_t0 + 4s);
     const auto rb = f.get(b);
     CHECK(rb.outcome == ra.outcome + 1);
     auto [lec, latest] = f.call<std::uint64_t>([&](auto h) { f.store->latest_outcome(std::move(h)); });
@@ -353,17 +263,17 @@ TEST_CASE("the pending query gives a lane's queued and written messages by id, a
     REQUIRE(f.store);
     std::vector<std::int64_t> lane1;
     for (int i = 0; i < 6; ++i) {
-        const auto r = f.enqueue(msg(hl7::test::label("Q", i), static_cast<std::uint32_t>(i % 2)));
+        const auto r = f.enqueue(store_message(hl7::test::label("Q", i), static_cast<std::uint32_t>(i % 2)));
         if (i % 2 == 1)
             lane1.push_back(r.id);
     }
     REQUIRE(!f.begin_delivery());
     auto [ec, l] = f.claim(1, "me");
     REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::mark_written(lane1[0], t0, false),
-                          lane_change::finish(lane1[0], t0, outbox_state::acknowledged, "")}));
-    REQUIRE(!f.record(l, {lane_change::mark_written(lane1[1], t0, false)}));
-    const auto pending = f.select({.destination = "127.0.0.1:2575",
+    REQUIRE(!f.record(l, {lane_change::mark_written(lane1[0], store_t0, false),
+                          lane_change::finish(lane1[0], store_t0, outbox_state::acknowledged, "")}));
+    REQUIRE(!f.record(l, {lane_change::mark_written(lane1[1], store_t0, false)}));
+    const auto pending = f.select({.destination = store_destination,
                                    .lane = 1,
                                    .states = {outbox_state::queued, outbox_state::written},
                                    .limit = 32});
@@ -371,7 +281,7 @@ TEST_CASE("the pending query gives a lane's queued and written messages by id, a
     CHECK(pending[0].id == lane1[1]);
     CHECK(pending[0].state == outbox_state::written);
     CHECK(pending[1].id == lane1[2]);
-    auto [lec, lanes] = f.call<std::vector<std::uint32_t>>([&](auto h) { f.store->lanes("127.0.0.1:2575", std::move(h)); });
+    auto [lec, lanes] = f.call<std::vector<std::uint32_t>>([&](auto h) { f.store->lanes(store_destination, std::move(h)); });
     CHECK(!lec);
     CHECK(lanes == std::vector<std::uint32_t>{0, 1});
 }
@@ -381,17 +291,17 @@ TEST_CASE("retry queues dead letters again from zero attempts and out of the out
     hl7::test::temp_dir dir;
     fixture f(db_in(dir));
     REQUIRE(f.store);
-    const auto dead = f.enqueue(msg("X1")).id;
-    const auto good = f.enqueue(msg("X2")).id;
-    const auto waiting = f.enqueue(msg("X3")).id;
+    const auto dead = f.enqueue(store_message("X1")).id;
+    const auto good = f.enqueue(store_message("X2")).id;
+    const auto waiting = f.enqueue(store_message("X3")).id;
     REQUIRE(!f.begin_delivery());
     auto [ec, l] = f.claim(0, "me");
     REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::mark_written(dead, t0, false),
-                          lane_change::finish(dead, t0, outbox_state::failed, "gave up"),
-                          lane_change::mark_written(good, t0, false),
-                          lane_change::finish(good, t0, outbox_state::acknowledged, "")}));
-    auto [rec1, n1] = f.call<std::uint64_t>([&](auto h) { f.store->retry({dead, good, waiting}, false, t0 + 1h, std::move(h)); });
+    REQUIRE(!f.record(l, {lane_change::mark_written(dead, store_t0, false),
+                          lane_change::finish(dead, store_t0, outbox_state::failed, "gave up"),
+                          lane_change::mark_written(good, store_t0, false),
+                          lane_change::finish(good, store_t0, outbox_state::acknowledged, "")}));
+    auto [rec1, n1] = f.call<std::uint64_t>([&](auto h) { f.store->retry({dead, good, waiting}, false, store_t0 + 1h, std::move(h)); });
     CHECK(!rec1);
     CHECK(n1 == 1);
     const auto r = f.get(dead);
@@ -399,21 +309,21 @@ TEST_CASE("retry queues dead letters again from zero attempts and out of the out
     CHECK(r.attempts == 0);
     CHECK(r.outcome == 0);
     CHECK(r.error == "");
-    CHECK(r.queued_at == t0 + 1h);
-    CHECK(r.enqueued_at == t0);
+    CHECK(r.queued_at == store_t0 + 1h);
+    CHECK(r.enqueued_at == store_t0);
     CHECK(f.select({.after_outcome = 0}).size() == 1);
-    REQUIRE(!f.record(l, {lane_change::mark_written(dead, t0, false),
-                          lane_change::finish(dead, t0 + 2h, outbox_state::rejected, "no")}));
-    auto [rec2, n2] = f.call<std::uint64_t>([&](auto h) { f.store->retry({}, true, t0 + 3h, std::move(h)); });
+    REQUIRE(!f.record(l, {lane_change::mark_written(dead, store_t0, false),
+                          lane_change::finish(dead, store_t0 + 2h, outbox_state::rejected, "no")}));
+    auto [rec2, n2] = f.call<std::uint64_t>([&](auto h) { f.store->retry({}, true, store_t0 + 3h, std::move(h)); });
     CHECK(n2 == 1);
-    REQUIRE(!f.record(l, {lane_change::mark_written(dead, t0, false),
-                          lane_change::finish(dead, t0 + 4h, outbox_state::acknowledged, "")}));
-    auto [pec, purged] = f.call<std::uint64_t>([&](auto h) { f.store->purge(t0 + 1h, std::move(h)); });
+    REQUIRE(!f.record(l, {lane_change::mark_written(dead, store_t0, false),
+                          lane_change::finish(dead, store_t0 + 4h, outbox_state::acknowledged, "")}));
+    auto [pec, purged] = f.call<std::uint64_t>([&](auto h) { f.store->purge(store_t0 + 1h, std::move(h)); });
     CHECK(!pec);
-    CHECK(purged == 1); // `good`, final since t0; `dead` became final later, `waiting` is not final
+    CHECK(purged == 1); // `good`, final since store_t0; `dead` became final later, `waiting` is not final
     CHECK(f.select({}).size() == 2);
     // A purged MSH-10 may be enqueued again, under a new id.
-    CHECK(f.enqueue(msg("X2")).id > waiting);
+    CHECK(f.enqueue(store_message("X2")).id > waiting);
 }
 
 TEST_CASE("status counts messages by destination, lane and state, with duplicates, the oldest pending and the lease")
@@ -421,26 +331,26 @@ TEST_CASE("status counts messages by destination, lane and state, with duplicate
     hl7::test::temp_dir dir;
     fixture f(db_in(dir));
     REQUIRE(f.store);
-    auto old = msg("S1");
-    old.at = t0 - 1h;
+    auto old = store_message("S1");
+    old.at = store_t0 - 1h;
     const auto a = f.enqueue(old).id;
-    f.enqueue(msg("S2"));
-    f.enqueue(msg("S3", 1));
-    f.enqueue(msg("S4", 0, "[::1]:7000"));
+    f.enqueue(store_message("S2"));
+    f.enqueue(store_message("S3", 1));
+    f.enqueue(store_message("S4", 0, "[::1]:7000"));
     REQUIRE(!f.begin_delivery());
     auto [ec, l] = f.claim(0, "runner-1");
     REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, t0, true)}));
+    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0, true)}));
     const auto s = f.status();
     REQUIRE(s.size() == 3);
-    CHECK(s[0].destination == "127.0.0.1:2575");
+    CHECK(s[0].destination == store_destination);
     CHECK(s[0].lane == 0);
     CHECK(s[0].queued == 1);
     CHECK(s[0].written == 1);
     CHECK(s[0].possible_duplicates == 1);
-    CHECK(s[0].oldest_pending == t0 - 1h);
+    CHECK(s[0].oldest_pending == store_t0 - 1h);
     CHECK(s[0].lease_owner == "runner-1");
-    CHECK(s[0].lease_expires == t0 + 30s);
+    CHECK(s[0].lease_expires == store_t0 + 30s);
     CHECK(s[1].lane == 1);
     CHECK(s[1].queued == 1);
     CHECK(s[1].lease_owner == "");
@@ -457,7 +367,7 @@ TEST_CASE("a second store delivering from the same file is refused until the fir
     REQUIRE(!first.begin_delivery());
     CHECK(second.begin_delivery() == outbox_errc::delivery_locked);
     // Enqueuing and reading are open to everyone meanwhile.
-    CHECK(second.enqueue(msg("T1")).id > 0);
+    CHECK(second.enqueue(store_message("T1")).id > 0);
     CHECK(first.select({}).size() == 1);
     CHECK(std::get<0>(first.call<>([&](auto h) { first.store->end_delivery(std::move(h)); })) == error_code{});
     CHECK(!second.begin_delivery());
@@ -472,7 +382,7 @@ TEST_CASE("operations after close complete with closed")
     f.store->close([&] { closed = true; });
     f.ctx.run_for(10s);
     CHECK(closed);
-    f.enqueue(msg("C1"), outbox_errc::closed);
+    f.enqueue(store_message("C1"), outbox_errc::closed);
 }
 
 // --- bad files -------------------------------------------------------------------------------
@@ -500,7 +410,7 @@ TEST_CASE("a truncated outbox file is refused as damaged")
         fixture f(db_in(dir));
         REQUIRE(f.store);
         for (int i = 0; i < 300; ++i)
-            f.enqueue({.destination = "h:1", .control_id = hl7::test::label("T", i), .bytes = bytes_of("T", 1000), .at = t0});
+            f.enqueue({.destination = "h:1", .control_id = hl7::test::label("T", i), .bytes = store_bytes("T", 1000), .at = store_t0});
     }
     REQUIRE(!fs::exists(db_in(dir) + "-wal")); // checkpointed at close
     const auto size = fs::file_size(db_in(dir));
@@ -565,7 +475,7 @@ TEST_CASE("a read-only directory gives read_only, for a new outbox and for an ex
     {
         fixture f(existing);
         REQUIRE(f.store);
-        f.enqueue(msg("RO1"));
+        f.enqueue(store_message("RO1"));
     }
     ::chmod(dir.path().c_str(), 0755);
     ::chmod(existing.c_str(), 0644);
@@ -607,7 +517,7 @@ TEST_CASE("a full disk (a file size limit, RLIMIT_FSIZE, in a child) fails enque
     {
         fixture f(db_in(dir));
         REQUIRE(f.store);
-        f.enqueue(msg("F0"));
+        f.enqueue(store_message("F0"));
     }
     const std::string got = in_child([&]() -> std::string {
         std::signal(SIGXFSZ, SIG_IGN); // a write past the limit fails with EFBIG instead of killing us
@@ -620,8 +530,8 @@ TEST_CASE("a full disk (a file size limit, RLIMIT_FSIZE, in a child) fails enque
             return "open: " + f.open_error.message();
         int stored = 0;
         for (int i = 1; i < 1000; ++i) {
-            auto m = msg(hl7::test::label("F", i));
-            m.bytes = bytes_of(m.control_id, 20000);
+            auto m = store_message(hl7::test::label("F", i));
+            m.bytes = store_bytes(m.control_id, 20000);
             auto [ec, r] = f.call<hl7::enqueue_result>([&](auto h) { f.store->enqueue(std::move(m), std::move(h)); });
             if (ec)
                 return std::to_string(stored) + " " + name_of(ec);
@@ -640,5 +550,5 @@ TEST_CASE("a full disk (a file size limit, RLIMIT_FSIZE, in a child) fails enque
     const auto all = f.select({.limit = 2000});
     CHECK(all.size() == static_cast<std::size_t>(stored) + 1);
     // And it works again once there is room.
-    CHECK(f.enqueue(msg("F-after")).id > 0);
+    CHECK(f.enqueue(store_message("F-after")).id > 0);
 }

@@ -9,17 +9,13 @@
 // (the difference is power loss, which a test cannot cause), at a cost the two cores of CI
 // can afford for 10,000 messages.
 #include "support/flat_json.hpp"
+#include "support/recording_server.hpp"
 #include "support/tool_util.hpp"
-
-#include <hl7/net/server.hpp>
-
-#include <boost/asio/io_context.hpp>
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <map>
-#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -28,52 +24,8 @@
 
 using namespace hl7::test;
 using namespace std::chrono_literals;
-namespace asio = boost::asio;
 
 namespace {
-
-// The library's server on a thread of its own, recording the MSH-10 of every message it gets.
-class receiver {
-public:
-    receiver() : log_(std::make_shared<shared>())
-    {
-        hl7::server_options o{.host = "127.0.0.1", .port = 0};
-        o.handler = [log = log_](const hl7::message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
-            {
-                std::lock_guard lock(log->mutex);
-                log->received.emplace_back(m.control_id());
-            }
-            co_return hl7::make_ack(m, hl7::verdict::accept);
-        };
-        server_.emplace(hl7::server::create(ctx_.get_executor(), std::move(o)).value());
-        thread_ = std::thread([this] { ctx_.run(); });
-    }
-    receiver(const receiver&) = delete;
-    receiver& operator=(const receiver&) = delete;
-    ~receiver()
-    {
-        ctx_.stop();
-        thread_.join();
-    }
-
-    std::string port() const { return std::to_string(server_->local_endpoint().port()); }
-
-    std::vector<std::string> received() const
-    {
-        std::lock_guard lock(log_->mutex);
-        return log_->received;
-    }
-
-private:
-    struct shared {
-        std::mutex mutex;
-        std::vector<std::string> received;
-    };
-    std::shared_ptr<shared> log_;
-    asio::io_context ctx_;
-    std::optional<hl7::server> server_;
-    std::thread thread_;
-};
 
 std::string control_id(int i)
 {
@@ -242,7 +194,7 @@ TEST_CASE("hl7 send --outbox killed at least 20 times while it delivers 10,000 m
     temp_dir dir;
     const std::string db = (dir.path() / "crash.db").string();
     const std::string input = dir.write("in.hl7", input_of(n));
-    receiver peer;
+    recording_server peer;
     const std::vector<std::string> argv{tool(), "send", "--outbox", db, "--synchronous", "normal", "--port",
                                         peer.port(), "--json", input};
     std::mt19937 rng(20240501);
@@ -290,7 +242,7 @@ TEST_CASE("hl7 outbox enqueue and run over 4 lanes, killed again and again, lose
     temp_dir dir;
     const std::string db = (dir.path() / "lanes.db").string();
     const std::string input = dir.write("in.hl7", input_of(n));
-    receiver peer;
+    recording_server peer;
     std::mt19937 rng(7);
     // Enqueuing, killed during commits until it gets through.
     const std::vector<std::string> enqueue{tool(),        "outbox", "enqueue", "--outbox",  db,    "--synchronous",

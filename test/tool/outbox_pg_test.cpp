@@ -7,102 +7,23 @@
 // nothing once its lease was taken over. Skipped where PostgreSQL's server is not installed.
 #include "support/flat_json.hpp"
 #include "support/postgres.hpp"
+#include "support/recording_server.hpp"
 #include "support/tool_util.hpp"
-
-#include <hl7/net/server.hpp>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_awaitable.hpp>
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <csignal>
 #include <map>
-#include <mutex>
 #include <set>
 #include <thread>
 
 using namespace hl7::test;
 using namespace std::chrono_literals;
-namespace asio = boost::asio;
 
 namespace {
 
 const bool no_postgres = !throwaway_postgres::available();
-
-struct arrival {
-    std::string control_id;
-    std::uint16_t port = 0; // the sender's port: one connection of one instance's lane
-};
-
-// The library's server on a thread of its own, answering each message after a short pause (so
-// that delivery lasts long enough to be interrupted) and recording every arrival.
-class receiver {
-public:
-    receiver() : log_(std::make_shared<shared>())
-    {
-        hl7::server_options o{.host = "127.0.0.1", .port = 0};
-        o.observer = [log = log_](const hl7::server_event& e) {
-            if (e.what != hl7::server_event::kind::received)
-                return;
-            std::lock_guard lock(log->mutex);
-            log->arrivals.push_back({std::string(e.control_id), e.peer.port()});
-        };
-        o.handler = [](const hl7::message& m, const hl7::peer_info&) -> asio::awaitable<hl7::outcome::result<hl7::message>> {
-            asio::steady_timer pause(co_await asio::this_coro::executor, 1ms);
-            auto waiting = pause.async_wait(asio::use_awaitable);
-            co_await std::move(waiting);
-            co_return hl7::make_ack(m, hl7::verdict::accept);
-        };
-        server_.emplace(hl7::server::create(ctx_.get_executor(), std::move(o)).value());
-        thread_ = std::thread([this] { ctx_.run(); });
-    }
-    receiver(const receiver&) = delete;
-    receiver& operator=(const receiver&) = delete;
-    ~receiver()
-    {
-        ctx_.stop();
-        thread_.join();
-    }
-
-    std::string port() const { return std::to_string(server_->local_endpoint().port()); }
-
-    std::vector<arrival> arrivals() const
-    {
-        std::lock_guard lock(log_->mutex);
-        return log_->arrivals;
-    }
-
-    std::size_t count() const
-    {
-        std::lock_guard lock(log_->mutex);
-        return log_->arrivals.size();
-    }
-
-    // Waits until `n` frames arrived (at most `limit`).
-    bool wait_for(std::size_t n, std::chrono::seconds limit) const
-    {
-        const auto deadline = std::chrono::steady_clock::now() + limit;
-        while (count() < n) {
-            if (std::chrono::steady_clock::now() > deadline)
-                return false;
-            std::this_thread::sleep_for(5ms);
-        }
-        return true;
-    }
-
-private:
-    struct shared {
-        std::mutex mutex;
-        std::vector<arrival> arrivals;
-    };
-    std::shared_ptr<shared> log_;
-    asio::io_context ctx_;
-    std::optional<hl7::server> server_;
-    std::thread thread_;
-};
 
 std::string control_id(int i)
 {
@@ -254,7 +175,7 @@ TEST_CASE("three instances on one database deliver 10,000 messages over 8 lanes 
     auto pg = throwaway_postgres::start();
     temp_dir dir;
     const std::string input = dir.write("in.hl7", input_of(n, patients));
-    receiver peer;
+    recording_server peer(1ms);
     const std::string schema = "takeover";
     const auto enqueued = run({tool(), "outbox", "enqueue", "--outbox", pg.uri(), "--schema", schema, "--port",
                                peer.port(), "--partition-key", "PID.3.1", "--lanes", "8", "--json", input},
@@ -332,7 +253,7 @@ TEST_CASE("PostgreSQL restarted during delivery: the instance stops, reconnects,
     auto pg = throwaway_postgres::start(true); // durable: what was committed survives the restart
     temp_dir dir;
     const std::string input = dir.write("in.hl7", input_of(n, patients));
-    receiver peer;
+    recording_server peer(1ms);
     const std::string schema = "restarted";
     const auto enqueued = run({tool(), "outbox", "enqueue", "--outbox", pg.uri(), "--schema", schema, "--port",
                                peer.port(), "--partition-key", "PID.3.1", "--lanes", "4", input},
