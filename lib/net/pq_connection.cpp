@@ -4,7 +4,10 @@
 
 #include <libpq-fe.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <fcntl.h>
+#include <unistd.h>
 
 namespace hl7::detail {
 
@@ -104,9 +107,7 @@ pq_connection::pq_connection(asio::any_io_executor ex)
 
 pq_connection::~pq_connection()
 {
-    // The socket belongs to libpq, which closes it in PQfinish.
-    if (socket_.is_open())
-        (void)socket_.release();
+    drop_socket();
     if (conn_)
         PQfinish(conn_);
 }
@@ -116,25 +117,47 @@ void pq_connection::post(std::function<void()> f)
     asio::post(ex_, std::move(f));
 }
 
-// libpq may open a new socket while connecting (another address of the host): the
-// descriptor follows it. Asio must not own the socket, hence release() rather than close().
-void pq_connection::watch_socket()
+// Asio waits on a duplicate of libpq's socket, never on libpq's own descriptor: libpq closes
+// its socket the moment it finds the connection gone (and may replace it while connecting),
+// and the number is then free for the next socket the process opens. A registration made under
+// libpq's number would be removed by number when this object goes, taking the new socket's
+// with it (which then waits forever), or would silently stop reporting once libpq swapped in a
+// new socket under the same number. The duplicate keeps the socket open until we close it.
+// While connecting, `renew` takes a fresh duplicate at every step, since libpq may have
+// replaced its socket; once connected, libpq keeps it until the connection ends.
+error_code pq_connection::watch_socket(bool renew)
 {
+    if (socket_.is_open() && !renew)
+        return {};
+    drop_socket();
     const int fd = PQsocket(conn_);
-    if (fd == fd_)
-        return;
-    if (socket_.is_open())
-        (void)socket_.release();
-    fd_ = fd;
-    if (fd >= 0) {
-        error_code ignored;
-        socket_.assign(fd, ignored);
-    }
+    if (fd < 0)
+        return pq_error::connection_lost;
+    const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0)
+        return error_code(errno, boost::system::system_category());
+    error_code ec;
+    socket_.assign(copy, ec);
+    if (ec)
+        ::close(copy);
+    return ec;
 }
 
-void pq_connection::wait(wait_for what, std::function<void(error_code)> then)
+// Released, then closed: while libpq's descriptor keeps the same socket open, closing this
+// one alone would leave its registration with the reactor in place.
+void pq_connection::drop_socket() noexcept
 {
-    watch_socket();
+    if (socket_.is_open())
+        ::close(socket_.release());
+}
+
+void pq_connection::wait(wait_for what, bool renew, std::function<void(error_code)> then)
+{
+    if (const error_code ec = watch_socket(renew)) {
+        error_ = "cannot wait on the PostgreSQL socket: " + ec.message();
+        post([then = std::move(then), ec] { then(ec); });
+        return;
+    }
     const auto type = what == wait_for::read ? asio::posix::descriptor_base::wait_read
                                              : asio::posix::descriptor_base::wait_write;
     socket_.async_wait(type, [self = shared_from_this(), then = std::move(then)](error_code ec) {
@@ -199,12 +222,11 @@ void pq_connection::poll_connect(int status, handler h)
 {
     switch (status) {
     case PGRES_POLLING_OK:
-        watch_socket();
         post([h = std::move(h)] { h({}); });
         return;
     case PGRES_POLLING_READING:
     case PGRES_POLLING_WRITING:
-        wait(status == PGRES_POLLING_READING ? wait_for::read : wait_for::write,
+        wait(status == PGRES_POLLING_READING ? wait_for::read : wait_for::write, true,
              [this, h = std::move(h)](error_code ec) mutable {
                  if (ec)
                      h(ec == asio::error::operation_aborted ? ec : make_error_code(pq_error::connect_failed));
@@ -246,7 +268,7 @@ void pq_connection::flush(result_handler h)
         return;
     }
     if (r == 1) {
-        wait(wait_for::write, [this, h = std::move(h)](error_code ec) mutable {
+        wait(wait_for::write, false, [this, h = std::move(h)](error_code ec) mutable {
             if (ec)
                 h(ec == asio::error::operation_aborted ? ec : make_error_code(pq_error::connection_lost), pq_result());
             else
@@ -274,7 +296,7 @@ void pq_connection::read_results(result_handler h, std::shared_ptr<pq_result> la
         }
         *last = pq_result(r);
     }
-    wait(wait_for::read, [this, h = std::move(h), last](error_code ec) mutable {
+    wait(wait_for::read, false, [this, h = std::move(h), last](error_code ec) mutable {
         if (ec)
             h(ec == asio::error::operation_aborted ? ec : make_error_code(pq_error::connection_lost), pq_result());
         else
@@ -296,7 +318,7 @@ void pq_connection::async_notification(notification_handler h)
         post([h = std::move(h), channel = std::move(channel), payload = std::move(payload)] { h({}, channel, payload); });
         return;
     }
-    wait(wait_for::read, [this, h = std::move(h)](error_code ec) mutable {
+    wait(wait_for::read, false, [this, h = std::move(h)](error_code ec) mutable {
         if (ec)
             h(ec == asio::error::operation_aborted ? ec : make_error_code(pq_error::connection_lost), {}, {});
         else

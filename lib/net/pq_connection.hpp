@@ -98,8 +98,9 @@ public:
 private:
     enum class wait_for { read, write };
 
-    void watch_socket();
-    void wait(wait_for what, std::function<void(boost::system::error_code)> then);
+    boost::system::error_code watch_socket(bool renew);
+    void drop_socket() noexcept;
+    void wait(wait_for what, bool renew, std::function<void(boost::system::error_code)> then);
     void poll_connect(int status, handler h);
     void flush(result_handler h);
     void read_results(result_handler h, std::shared_ptr<pq_result> last);
@@ -109,8 +110,7 @@ private:
 
     boost::asio::any_io_executor ex_;
     pg_conn* conn_ = nullptr;
-    boost::asio::posix::stream_descriptor socket_;
-    int fd_ = -1;
+    boost::asio::posix::stream_descriptor socket_; // a duplicate of libpq's socket (see watch_socket)
     bool closed_ = false;
     std::string error_;
 };

@@ -196,3 +196,37 @@ TEST_CASE("a server that goes away is a lost connection, and a new connection wo
         CHECK(r2.get(0, 0) == "42");
     }, std::chrono::seconds(60));
 }
+
+// libpq closes its socket as soon as it finds the connection gone, so the next socket the
+// process opens may get the same descriptor number while the dead connection's object is still
+// alive. That object going must not take the new socket's readiness notifications with it.
+TEST_CASE("a dropped connection destroyed after a new connection reused its descriptor number leaves the new one working" *
+          doctest::skip(no_postgres))
+{
+    auto* pg = server();
+    hl7::test::run_async([pg]() -> asio::awaitable<void> {
+        auto killer = co_await connected(*pg);
+        auto dropped = co_await connected(*pg);
+        auto asking = exec(dropped, "SELECT pg_backend_pid()");
+        const auto [pe, pid] = co_await std::move(asking);
+        REQUIRE_FALSE(pe);
+        // Waits (up to 10 s) until the backend is gone.
+        auto terminating = exec(killer, "SELECT pg_terminate_backend($1, 10000)", {std::string(pid.get(0, 0))});
+        const auto [te, terminated] = co_await std::move(terminating);
+        REQUIRE_MESSAGE(!te, killer->error_message());
+        REQUIRE(terminated.get(0, 0) == "t");
+        // The first statement may get the server's farewell, the second finds the socket closed:
+        // libpq has dropped its descriptor either way.
+        for (int i = 0; i < 2; ++i) {
+            auto after = exec(dropped, "SELECT 1");
+            const auto [ec, r] = co_await std::move(after);
+            CHECK(ec == pq_error::connection_lost);
+        }
+        auto fresh = co_await connected(*pg); // its socket takes the lowest free number: the one just closed
+        dropped.reset();
+        auto again = exec(fresh, "SELECT 41 + 1");
+        const auto [ec, r] = co_await std::move(again);
+        REQUIRE_MESSAGE(!ec, fresh->error_message());
+        CHECK(r.get(0, 0) == "42");
+    }, std::chrono::seconds(30));
+}
