@@ -458,12 +458,7 @@ int run_listen(listen_options o)
 
     std::optional<metrics_endpoint> metrics;
     if (!o.metrics.empty()) {
-        auto started = metrics_endpoint::start(ctx.get_executor(), o.metrics, [&srv, l] { return collect_metrics(srv, *l); });
-        if (!started)
-            throw failure(started.error() == errc::invalid_host || started.error() == errc::invalid_port ? exit_usage
-                                                                                                        : exit_failed,
-                          "cannot serve metrics on '" + o.metrics + "': " + describe(started.error()));
-        metrics.emplace(std::move(started).value());
+        metrics.emplace(serve_metrics(ctx.get_executor(), o.metrics, [&srv, l] { return collect_metrics(srv, *l); }));
         l->warn("metrics at http://" + host_port(metrics->local_endpoint()) + "/metrics");
     }
     // Nothing runs before ctx does: this line is the first on standard output.

@@ -1,5 +1,7 @@
 #include "metrics.hpp"
 
+#include "output.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
@@ -13,7 +15,6 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <exception>
 #include <set>
 
@@ -48,9 +49,11 @@ void append_number(std::string& out, double v)
         out.append(buf, r.ptr);
         return;
     }
+    // The shortest text that reads back as the same double: bucket bounds read as written
+    // (le="0.1", not le="0.10000000000000001").
     char buf[32];
-    const int n = std::snprintf(buf, sizeof buf, "%.17g", v);
-    out.append(buf, static_cast<std::size_t>(n));
+    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    out.append(buf, r.ptr);
 }
 
 // "HOST:PORT", the host an IP address, IPv6 in brackets.
@@ -332,6 +335,16 @@ void metrics_endpoint::stop()
         for (const auto& stream : s->open)
             stream->socket().close(ignored);
     });
+}
+
+metrics_endpoint serve_metrics(asio::any_io_executor ex, const std::string& where, std::function<std::string()> collect)
+{
+    auto started = metrics_endpoint::start(std::move(ex), where, std::move(collect));
+    if (!started)
+        throw failure(started.error() == errc::invalid_host || started.error() == errc::invalid_port ? exit_usage
+                                                                                                    : exit_failed,
+                      "cannot serve metrics at '" + where + "': " + describe(started.error()));
+    return std::move(started).value();
 }
 
 } // namespace hl7::tool

@@ -77,4 +77,9 @@ private:
     std::shared_ptr<state> state_;
 };
 
+/// What a command's `--metrics HOST:PORT` does: starts the endpoint at `where`, or throws
+/// failure: exit_usage for a malformed address, exit_failed when it cannot listen there.
+metrics_endpoint serve_metrics(boost::asio::any_io_executor ex, const std::string& where,
+                               std::function<std::string()> collect);
+
 } // namespace hl7::tool

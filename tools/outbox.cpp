@@ -235,12 +235,7 @@ int run_run(const run_options& o)
     std::optional<metrics_endpoint> endpoint;
     std::shared_ptr<counts_refresher> refresher;
     if (!o.metrics.empty()) {
-        auto started = metrics_endpoint::start(ctx.get_executor(), o.metrics, [metrics] { return metrics->text(); });
-        if (!started)
-            throw failure(started.error() == errc::invalid_host || started.error() == errc::invalid_port ? exit_usage
-                                                                                                          : exit_failed,
-                          "cannot serve metrics at '" + o.metrics + "': " + describe(started.error()));
-        endpoint.emplace(std::move(started).value());
+        endpoint.emplace(serve_metrics(ctx.get_executor(), o.metrics, [metrics] { return metrics->text(); }));
         std::fprintf(stderr, "hl7: metrics at http://%s/metrics\n", host_port(endpoint->local_endpoint()).c_str());
         refresher = std::make_shared<counts_refresher>(ctx, box, *metrics);
         refresher->start();

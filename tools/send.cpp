@@ -10,6 +10,7 @@
 #include "client_flags.hpp"
 #include "commands.hpp"
 #include "input.hpp"
+#include "metrics.hpp"
 #include "output.hpp"
 #include "report.hpp"
 #include "send_outbox.hpp"
@@ -21,6 +22,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -39,7 +41,8 @@ using namespace std::chrono_literals;
 // What the connection's observer saw that the results need: why the link dropped or why the
 // attempts failed. Everything runs on one thread, so no locking.
 struct link_watch {
-    bool connected = false;
+    bool connected = false;            // connected at least once
+    bool up = false;                   // connected now
     boost::system::error_code failure; // why the last connection attempt failed
     std::uint32_t attempts = 0;        // failed attempts in a row
     boost::system::error_code dropped; // why the link dropped last
@@ -47,8 +50,11 @@ struct link_watch {
     void on(const connection_event& e)
     {
         switch (e.what) {
-        case connection_event::kind::connected: connected = true; break;
-        case connection_event::kind::disconnected: dropped = e.error; break;
+        case connection_event::kind::connected: connected = up = true; break;
+        case connection_event::kind::disconnected:
+            up = false;
+            dropped = e.error;
+            break;
         case connection_event::kind::reconnect_scheduled:
         case connection_event::kind::gave_up:
             if (e.error)
@@ -107,6 +113,7 @@ struct send_options {
     client_flags client;
     send_outbox_flags outbox;
     bool json = false;
+    std::string metrics;            ///< HOST:PORT of the Prometheus endpoint; empty: none
     std::vector<std::string> files; ///< none or "-": standard input
 };
 
@@ -141,10 +148,61 @@ public:
         return failed_ == 0 ? exit_ok : exit_failed;
     }
 
+    // What --metrics serves. Scrapes run on the io_context's thread like everything else.
+    std::string metrics_text() const
+    {
+        const connection_counters c = conn_.counters();
+        exposition e;
+        auto counter = [&](const char* name, const char* help, std::uint64_t value) {
+            e.family(name, "counter", help);
+            e.sample(std::string(name) + "_total", static_cast<double>(value));
+        };
+        auto gauge = [&](const char* name, const char* help, double value) {
+            e.family(name, "gauge", help);
+            e.sample(name, value);
+        };
+        e.family("messaging_client_sent_messages", "counter", "Messages written whole (OpenTelemetry messaging)");
+        e.sample("messaging_client_sent_messages_total", static_cast<double>(c.sent), {{"messaging_system", "hl7v2"}});
+        e.family("hl7_send_acks", "counter", "Acknowledgements received, by MSA-1");
+        for (const ack_code code : {ack_code::AA, ack_code::AE, ack_code::AR, ack_code::CA, ack_code::CE, ack_code::CR})
+            e.sample("hl7_send_acks_total", static_cast<double>(acks_[static_cast<std::size_t>(code)]),
+                     {{"code", to_string(code)}});
+        counter("hl7_send_timeouts", "Messages that got no acknowledgement within --ack-timeout", c.timed_out);
+        counter("hl7_send_failures", "Messages that failed otherwise (link lost, not connected, invalid ACK...)", c.failed);
+        counter("hl7_send_reconnects", "Connections made after the first", c.reconnects);
+        counter("hl7_send_discarded_frames", "Frames from the peer that answered no message", c.discarded);
+        counter("hl7_send_input_messages", "Messages read from the input", index_);
+        gauge("hl7_send_connected", "1 while the connection is up", watch_->up ? 1.0 : 0.0);
+        gauge("hl7_send_outstanding", "Messages handed to the connection and not completed yet",
+              static_cast<double>(outstanding_));
+        gauge("hl7_send_queued", "Of those, the ones not written yet", static_cast<double>(c.queued));
+        e.histogram("messaging_client_operation_duration_seconds",
+                    "Round trips of the acknowledged messages, from the write to the ACK (OpenTelemetry messaging)",
+                    round_trips::bounds, round_trips_.buckets, round_trips_.sum, {{"messaging_system", "hl7v2"}});
+        return e.text();
+    }
+
 private:
     struct slot {
         result r;
         bool done = false;
+    };
+
+    struct round_trips {
+        static constexpr std::array<double, 14> bounds = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                          0.25,  0.5,    1.0,   2.5,  5.0,   10.0, 30.0};
+        std::array<std::uint64_t, bounds.size() + 1> buckets{};
+        double sum = 0; // seconds
+
+        void observe(std::chrono::microseconds d)
+        {
+            const double seconds = std::chrono::duration<double>(d).count();
+            sum += seconds;
+            std::size_t i = 0;
+            while (i < bounds.size() && seconds > bounds[i])
+                ++i;
+            ++buckets[i];
+        }
     };
 
     // Starts what can be started, prints what is finished, and finishes when all is done.
@@ -224,6 +282,8 @@ private:
         } else if (ec) {
             r.error = describe(ec);
         } else {
+            ++acks_[static_cast<std::size_t>(ack.code())];
+            round_trips_.observe(ack.round_trip());
             r.ack_code = std::string(to_string(ack.code()));
             r.ack_control_id = std::string(ack.control_id());
             r.round_trip = ack.round_trip();
@@ -315,6 +375,8 @@ private:
     std::size_t outstanding_ = 0;
     std::size_t index_ = 0;
     std::size_t accepted_ = 0, failed_ = 0;
+    std::array<std::uint64_t, 6> acks_{}; // by ack_code
+    round_trips round_trips_;
     bool input_done_ = false, waiting_input_ = false, finished_ = false;
     std::optional<std::string> given_up_; // what standard error says once the connection gave up
     std::string reason_;                  // why the messages after that are not sent
@@ -322,8 +384,12 @@ private:
 
 int run_send(const send_options& o)
 {
-    if (o.outbox.enabled())
+    if (o.outbox.enabled()) {
+        if (!o.metrics.empty())
+            throw failure(exit_usage, "--metrics serves a connection's counts; with --outbox, serve the outbox's with "
+                                      "hl7 outbox enqueue and hl7 outbox run --metrics");
         return run_send_outbox(o.outbox, o.client, o.json, o.files);
+    }
     connection_options co = o.client.options();
     message_reader reader(o.files, o.client.max_frame); // checks the files before anything connects
     asio::io_context ctx(1);
@@ -337,6 +403,11 @@ int run_send(const send_options& o)
     if (!connected)
         throw failure(exit_usage, describe(connected.error()) + " (--tls-ca, --tls-cert, --tls-key)");
     sender s(ctx, o, reader, std::move(connected).value(), watch);
+    std::optional<metrics_endpoint> endpoint; // after the sender, which it reads: stopped before it goes
+    if (!o.metrics.empty()) {
+        endpoint.emplace(serve_metrics(ctx.get_executor(), o.metrics, [&s] { return s.metrics_text(); }));
+        std::fprintf(stderr, "hl7: metrics at http://%s/metrics\n", host_port(endpoint->local_endpoint()).c_str());
+    }
     return s.run();
 }
 
@@ -353,6 +424,10 @@ command define_send(CLI::App& app)
                  "Exit status: 0 when every message got AA or CA, 1 otherwise, 2 for a usage error.");
     o->client.define(*send);
     o->outbox.define(*send);
+    send->add_option("--metrics", o->metrics,
+                     "Serve Prometheus metrics at http://HOST:PORT/metrics while sending (messages sent, ACKs by "
+                     "code, timeouts, failures, reconnects, round trips); port 0 picks one, named on standard error")
+        ->type_name("HOST:PORT");
     send->add_flag("--json", o->json,
                    "One JSON object per line instead: index, control_id, ack_code, ack_control_id, rtt_us, error");
     send->add_option("FILE", o->files,

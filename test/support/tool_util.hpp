@@ -170,4 +170,37 @@ private:
     std::uint16_t port_ = 0;
 };
 
+/// The port of the metrics endpoint a command named on its standard error ("metrics at
+/// http://127.0.0.1:PORT/metrics"); 0 when it named none.
+inline int metrics_port(const std::string& err)
+{
+    const std::string mark = "metrics at http://127.0.0.1:";
+    const auto at = err.find(mark);
+    return at == std::string::npos ? 0 : std::atoi(err.c_str() + at + mark.size());
+}
+
+/// A plain HTTP GET of `path` from 127.0.0.1:`port`: the whole response, empty when nobody
+/// answers.
+inline std::string http_get(int port, const std::string& path = "/metrics")
+{
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string response;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+        const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+            char buf[4096];
+            ssize_t n;
+            while ((n = ::read(fd, buf, sizeof buf)) > 0)
+                response.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    ::close(fd);
+    return response;
+}
+
 } // namespace hl7::test

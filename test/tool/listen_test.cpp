@@ -11,7 +11,6 @@
 #include <doctest/doctest.h>
 
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/write.hpp>
 
 #include <algorithm>
 #include <array>
@@ -218,28 +217,6 @@ std::size_t count_lines(const std::string& text)
     return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
 }
 
-namespace asio = boost::asio;
-
-// A plain HTTP GET of `path` on 127.0.0.1:`port`; the whole response.
-std::string http_get(const std::string& port, const std::string& path)
-{
-    asio::io_context ctx;
-    asio::ip::tcp::socket s(ctx);
-    s.connect({asio::ip::make_address("127.0.0.1"), static_cast<std::uint16_t>(std::stoi(port))});
-    const std::string request = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    asio::write(s, asio::buffer(request));
-    std::string response;
-    boost::system::error_code ec;
-    std::array<char, 4096> buf;
-    for (;;) {
-        const std::size_t n = s.read_some(asio::buffer(buf), ec);
-        response.append(buf.data(), n);
-        if (ec)
-            break;
-    }
-    return response;
-}
-
 } // namespace
 
 TEST_CASE("listen --out numbers on from the files already in the directory, across restarts, and never overwrites")
@@ -398,11 +375,9 @@ TEST_CASE("listen --metrics serves the server's counters as Prometheus text at /
 {
     listener l({"--metrics", "127.0.0.1:0"});
     REQUIRE(send_to(l, small_message("MET1")).status == 0);
-    const std::string err = l.process().err();
-    const auto at = err.find("metrics at http://127.0.0.1:");
-    REQUIRE(at != std::string::npos);
-    const std::string port = err.substr(at + 28, err.find('/', at + 28) - at - 28);
-    const std::string body = http_get(port, "/metrics");
+    const int port = metrics_port(l.process().err());
+    REQUIRE(port != 0);
+    const std::string body = http_get(port);
     CHECK(body.starts_with("HTTP/1.1 200"));
     CHECK(body.find("messaging_client_consumed_messages_total{messaging_system=\"hl7v2\"} 1\n") != std::string::npos);
     CHECK(body.find("hl7_listen_replies_total{code=\"AA\"} 1\n") != std::string::npos);

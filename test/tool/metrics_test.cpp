@@ -47,7 +47,7 @@ TEST_CASE("a histogram's buckets are cumulative and end with +Inf, its count the
                       "# TYPE hl7_rtt_seconds histogram\n"
                       "hl7_rtt_seconds_bucket{port=\"2575\",le=\"0.001\"} 5\n"
                       "hl7_rtt_seconds_bucket{port=\"2575\",le=\"0.01\"} 5\n"
-                      "hl7_rtt_seconds_bucket{port=\"2575\",le=\"0.10000000000000001\"} 7\n"
+                      "hl7_rtt_seconds_bucket{port=\"2575\",le=\"0.1\"} 7\n"
                       "hl7_rtt_seconds_bucket{port=\"2575\",le=\"+Inf\"} 8\n"
                       "hl7_rtt_seconds_sum{port=\"2575\"} 0.5\n"
                       "hl7_rtt_seconds_count{port=\"2575\"} 8\n");

@@ -13,10 +13,7 @@
 #include <sstream>
 #include <thread>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 using namespace hl7::test;
@@ -64,29 +61,6 @@ std::size_t received(const std::string& out)
     for (const std::string& line : lines(out))
         n += line.starts_with("{");
     return n;
-}
-
-// GET /metrics from 127.0.0.1:`port`, the whole response (empty when nobody answers).
-std::string scrape(int port)
-{
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    std::string response;
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-        const std::string request = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-        if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
-            char buf[4096];
-            ssize_t n;
-            while ((n = ::read(fd, buf, sizeof buf)) > 0)
-                response.append(buf, static_cast<std::size_t>(n));
-        }
-    }
-    ::close(fd);
-    return response;
 }
 
 // The status of the one lane of an outbox, as JSON.
@@ -285,14 +259,12 @@ TEST_CASE("outbox run --metrics serves the outbox's counts and what the run did,
     child runner({tool(), "outbox", "run", "--outbox", db, "--port", l.port(), "--metrics", "127.0.0.1:0"});
     REQUIRE(runner.read_line(10s).has_value());
     REQUIRE(runner.read_line(10s).has_value()); // both delivered
-    const std::string err = runner.err();
-    const auto at = err.find("hl7: metrics at http://127.0.0.1:");
-    REQUIRE(at != std::string::npos);
-    const int port = std::stoi(err.substr(at + 33));
+    const int port = metrics_port(runner.err());
+    REQUIRE(port != 0);
     const std::string lane = "{destination=\"127.0.0.1:" + l.port() + "\",lane=\"0\"";
     std::string body;
     for (int i = 0; i < 100; ++i) { // the counts are refreshed every 2 s
-        body = scrape(port);
+        body = http_get(port);
         if (body.find("hl7_outbox_messages" + lane + ",state=\"acknowledged\"} 2\n") != std::string::npos)
             break;
         std::this_thread::sleep_for(100ms);

@@ -495,3 +495,42 @@ TEST_CASE("--window must be between 1 and 1024")
         CHECK(r.err.find("--window") != std::string::npos);
     }
 }
+
+TEST_CASE("send --metrics serves what the connection did, as Prometheus text, while the input stays open")
+{
+    listener l({"--reply", "AE"});
+    child sender({tool(), "send", "--port", l.port(), "--metrics", "127.0.0.1:0"});
+    sender.write(small_message("M1") + "\r" + small_message("M2") + "\r");
+    REQUIRE(sender.read_line(10s).has_value());
+    REQUIRE(sender.read_line(10s).has_value()); // both answered; standard input is still open
+    const int port = metrics_port(sender.err());
+    REQUIRE(port != 0);
+    const std::string body = http_get(port);
+    INFO("metrics: " << body);
+    CHECK(body.starts_with("HTTP/1.1 200"));
+    CHECK(body.find("messaging_client_sent_messages_total{messaging_system=\"hl7v2\"} 2\n") != std::string::npos);
+    CHECK(body.find("hl7_send_acks_total{code=\"AE\"} 2\n") != std::string::npos);
+    CHECK(body.find("hl7_send_acks_total{code=\"AA\"} 0\n") != std::string::npos);
+    CHECK(body.find("hl7_send_timeouts_total 0\n") != std::string::npos);
+    CHECK(body.find("hl7_send_input_messages_total 2\n") != std::string::npos);
+    CHECK(body.find("hl7_send_connected 1\n") != std::string::npos);
+    CHECK(body.find("hl7_send_outstanding 0\n") != std::string::npos);
+    CHECK(body.find("messaging_client_operation_duration_seconds_count{messaging_system=\"hl7v2\"} 2\n") !=
+          std::string::npos);
+    CHECK(http_get(port, "/other").starts_with("HTTP/1.1 404"));
+    sender.close_stdin();
+    CHECK(sender.wait(10s).status == 1); // AE is a failure
+}
+
+TEST_CASE("send --metrics refuses a malformed address, and --outbox, each as a usage error")
+{
+    const auto bad = run({tool(), "send", "--port", "1", "--metrics", "nowhere"}, small_message("X") + "\r");
+    CHECK(bad.status == 2);
+    CHECK(bad.err.find("cannot serve metrics at 'nowhere'") != std::string::npos);
+    temp_dir dir;
+    const auto with_outbox = run({tool(), "send", "--port", "1", "--metrics", "127.0.0.1:0", "--outbox",
+                                  (dir.path() / "o.db").string()},
+                                 small_message("X") + "\r");
+    CHECK(with_outbox.status == 2);
+    CHECK(with_outbox.err.find("outbox run --metrics") != std::string::npos);
+}
