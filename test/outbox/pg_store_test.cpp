@@ -258,44 +258,7 @@ TEST_CASE("a lane's changes apply in order, and outcomes are numbered for the st
 {
     fixture f(fresh_schema());
     REQUIRE(f.store);
-    const auto a = f.enqueue(store_message("R1")).id;
-    const auto b = f.enqueue(store_message("R2")).id;
-    auto [ec, l] = f.claim(0, "me");
-    REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 1s, false)}));
-    CHECK(f.get(a).attempts == 1);
-    CHECK(f.get(a).written_at == store_t0 + 1s);
-    REQUIRE(!f.record(l, {lane_change::requeue(a, true, "withdrawn")}));
-    CHECK(f.get(a).attempts == 0);
-    CHECK(f.get(a).state == outbox_state::queued);
-    CHECK(f.get(a).error == "withdrawn");
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 2s, false), lane_change::mark_written(a, store_t0 + 3s, true)}));
-    CHECK(f.get(a).possible_duplicate);
-    CHECK(f.get(a).attempts == 2);
-    REQUIRE(!f.record(l, {lane_change::finish(a, store_t0 + 4s, outbox_state::rejected, "no such patient \xe9", hl7::ack_code::AE,
-                                              "MSH|ack", 1500us),
-                          lane_change::mark_written(b, store_t0 + 4s, false)}));
-    REQUIRE(!f.record(l, {lane_change::finish(b, store_t0 + 5s, outbox_state::acknowledged, "", hl7::ack_code::AA, "MSH|ack2")}));
-    const auto ra = f.get(a);
-    CHECK(ra.state == outbox_state::rejected);
-    CHECK(ra.code == hl7::ack_code::AE);
-    CHECK(ra.ack == "MSH|ack");
-    CHECK(ra.round_trip == 1500us);
-    CHECK(ra.error == "no such patient \xe9");
-    CHECK(ra.finished_at == store_t0 + 4s);
-    CHECK(ra.outcome == 1);
-    const auto rb = f.get(b);
-    CHECK(rb.outcome == 2);
-    auto [lec, latest] = f.call<std::uint64_t>([&](auto h) { f.store->latest_outcome(std::move(h)); });
-    CHECK(!lec);
-    CHECK(latest == 2);
-    const auto stream = f.select({.after_outcome = 0});
-    REQUIRE(stream.size() == 2);
-    CHECK(stream[0].id == a);
-    CHECK(stream[1].id == b);
-    CHECK(f.select({.after_outcome = 1}).front().id == b);
-    CHECK(f.select({.destination = store_destination, .control_id = "R2"}).front().id == b);
-    CHECK(f.select({.lane = 0, .states = {outbox_state::queued, outbox_state::written}}).empty());
+    hl7::test::check_changes_in_order(f);
 }
 
 TEST_CASE("outcomes recorded by two instances at once are numbered without gaps or repeats")

@@ -218,42 +218,7 @@ TEST_CASE("a lane's changes are applied in order: written counts an attempt and 
     hl7::test::temp_dir dir;
     fixture f(db_in(dir));
     REQUIRE(f.store);
-    const auto a = f.enqueue(store_message("R1")).id;
-    const auto b = f.enqueue(store_message("R2")).id;
-    REQUIRE(!f.begin_delivery());
-    auto [ec, l] = f.claim(0, "me");
-    REQUIRE(!ec);
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 1s, false)}));
-    CHECK(f.get(a).attempts == 1);
-    CHECK(f.get(a).written_at == store_t0 + 1s);
-    REQUIRE(!f.record(l, {lane_change::requeue(a, true, "withdrawn")}));
-    CHECK(f.get(a).attempts == 0);
-    CHECK(f.get(a).state == outbox_state::queued);
-    CHECK(f.get(a).error == "withdrawn");
-    REQUIRE(!f.record(l, {lane_change::mark_written(a, store_t0 + 2s, false), lane_change::mark_written(a, store_t0 + 3s, true)}));
-    CHECK(f.get(a).possible_duplicate);
-    CHECK(f.get(a).attempts == 2);
-    REQUIRE(!f.record(l, {lane_change::finish(a, store_t0 + 4s, outbox_state::rejected, "no such patient", hl7::ack_code::AE,
-                                              "MSH|ack", 1500us),
-                          lane_change::mark_written(b, store_t0 + 4s, false)}));
-    REQUIRE(!f.record(l, {lane_change::finish(b, store_t0 + 5s, outbox_state::acknowledged, "", hl7::ack_code::AA, "MSH|ack2")}));
-    const auto ra = f.get(a);
-    CHECK(ra.state == outbox_state::rejected);
-    CHECK(ra.code == hl7::ack_code::AE);
-    CHECK(ra.ack == "MSH|ack");
-    CHECK(ra.round_trip == 1500us);
-    CHECK(ra.error == "no such patient");
-    CHECK(ra.finished_at == store_t0 + 4s);
-    const auto rb = f.get(b);
-    CHECK(rb.outcome == ra.outcome + 1);
-    auto [lec, latest] = f.call<std::uint64_t>([&](auto h) { f.store->latest_outcome(std::move(h)); });
-    CHECK(!lec);
-    CHECK(latest == rb.outcome);
-    const auto stream = f.select({.after_outcome = 0});
-    REQUIRE(stream.size() == 2);
-    CHECK(stream[0].id == a);
-    CHECK(stream[1].id == b);
-    CHECK(f.select({.after_outcome = ra.outcome}).front().id == b);
+    hl7::test::check_changes_in_order(f);
 }
 
 TEST_CASE("the pending query gives a lane's queued and written messages by id, and nothing of other lanes or final ones")
