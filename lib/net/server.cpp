@@ -543,6 +543,8 @@ outcome::result<server> server::create(executor_type ex, server_options options)
 
     auto& a = i->acceptor;
     a.open(endpoint.protocol(), ec);
+    if (!ec)
+        detail::close_on_exec(a.native_handle());
     // Without v6_only, "::" would also take IPv4 connections or not depending on the system.
     if (!ec && address.is_v6())
         a.set_option(asio::ip::v6_only(true), ec);

@@ -23,7 +23,18 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
+
 namespace hl7::detail {
+
+/// Asio opens and accepts sockets without close-on-exec. A child process the application
+/// starts (a script, a converter) would inherit them: a connection closed here would stay open
+/// at the peer, which sees no end, and a stopped server's port would go on taking connections
+/// into a backlog nobody reads, for as long as the child lives.
+inline void close_on_exec(int fd) noexcept
+{
+    ::fcntl(fd, F_SETFD, ::fcntl(fd, F_GETFD) | FD_CLOEXEC);
+}
 
 class session {
 public:
@@ -46,6 +57,7 @@ public:
     void connected()
     {
         boost::system::error_code ignored;
+        close_on_exec(socket_.native_handle());
         peer_ = socket_.remote_endpoint(ignored);
         // Messages and replies are small and follow each other: Nagle would hold the second
         // back until the peer's delayed ACK of the first.

@@ -6,6 +6,7 @@
 
 #include "support/async_util.hpp"
 #include "support/peer.hpp"
+#include "support/process.hpp"
 #include "support/checks.hpp"
 
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -1038,6 +1039,26 @@ TEST_CASE("an ACK that arrives before the message is fully written never counts 
         CHECK(r.error() == errc::ack_timeout);
         CHECK(conn.counters().acknowledged == 0);
         co_await conn.close();
+    }, 20s);
+}
+
+TEST_CASE("a child process started while a connection is up does not hold it open once closed")
+{
+    run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto ended = std::make_shared<bool>(false);
+        peer p(ex, [ended](peer_link& l, std::size_t) -> asio::awaitable<void> {
+            co_await l.serve();
+            *ended = true; // the client's end of the connection reached the peer
+        });
+        auto client = make_client(ex);
+        auto conn = client.connect(p.port(), quick()).value();
+        CHECK((co_await conn.send(fresh())).has_value());
+        hl7::test::child sleeper({"/bin/sleep", "60"}); // inherits every descriptor not close-on-exec
+        co_await conn.close();
+        for (int i = 0; i < 500 && !*ended; ++i)
+            co_await sleep_for(10ms);
+        CHECK(*ended);
     }, 20s);
 }
 

@@ -4,6 +4,7 @@
 
 #include "support/async_util.hpp"
 #include "support/peer.hpp"
+#include "support/process.hpp"
 #include "support/server_peers.hpp"
 #include "support/util.hpp"
 
@@ -442,6 +443,23 @@ TEST_CASE("async_close closes an idle connection at once and completes")
         tcp::socket late(ex);
         auto [ec] = co_await late.async_connect(server.local_endpoint(), asio::as_tuple(asio::use_awaitable));
         CHECK(ec == asio::error::connection_refused);
+    }, deadline);
+}
+
+TEST_CASE("a child process started while the server runs holds neither its port nor its connections once closed")
+{
+    hl7::test::run_async([]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto server = start(ex);
+        auto client = co_await raw_client::connect(server.local_endpoint());
+        co_await client.send(adt("EXEC"));
+        co_await client.read_reply();
+        hl7::test::child sleeper({"/bin/sleep", "60"}); // inherits every descriptor not close-on-exec
+        co_await server.async_close(asio::use_awaitable);
+        CHECK(co_await client.read_end() == asio::error::eof); // not held open by the child
+        tcp::socket late(ex);
+        auto [ec] = co_await late.async_connect(server.local_endpoint(), asio::as_tuple(asio::use_awaitable));
+        CHECK(ec == asio::error::connection_refused); // nobody listens: no backlog left in the child
     }, deadline);
 }
 
