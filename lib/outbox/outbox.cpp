@@ -1009,7 +1009,8 @@ void outbox::status_impl(const std::shared_ptr<impl>& i, handler<status_signatur
 void outbox::retry_impl(const std::shared_ptr<impl>& i, std::vector<std::int64_t> ids, bool all_dead,
                         handler<count_signature> h)
 {
-    // Runs in this process pick the retried messages up at once; others at their next poll.
+    // Runs in this process pick the retried messages up at once; others when notified
+    // (PostgreSQL) or at their next poll.
     i->store->retry(std::move(ids), all_dead, outbox_clock::now(),
                     then(std::move(h), i->ex, [i](handler<count_signature> h, error_code ec, std::uint64_t n) {
                         if (!ec && n > 0)
