@@ -200,21 +200,21 @@ TEST_CASE("an idle instance is woken by another's enqueue, in a lane it holds an
         hl7::outbox b = open_box(ex, schema, no_poll);
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = static_cast<std::uint16_t>(std::stoi(peer.port()))};
         delivery run(b, to);
-        auto listening8 = wait_listening(schema, 2, {});
-        co_await std::move(listening8);
+        auto listening = wait_listening(schema, 2, {});
+        co_await std::move(listening);
 
-        auto enqueuing1 = enqueue(a, to, "M1", 0);
-        co_await std::move(enqueuing1);
+        auto enqueuing_m1 = enqueue(a, to, "M1", 0);
+        co_await std::move(enqueuing_m1);
         auto first = expect_outcome(a, 0, "M1");
         const std::uint64_t o1 = co_await std::move(first);
-        auto pausing13 = sleep_for(200ms);
-        co_await std::move(pausing13); // B's lane goes idle: only a wake-up makes it look again
-        auto enqueuing2 = enqueue(a, to, "M2", 0);
-        co_await std::move(enqueuing2);
+        auto settling = sleep_for(200ms);
+        co_await std::move(settling); // B's lane goes idle: only a wake-up makes it look again
+        auto enqueuing_m2 = enqueue(a, to, "M2", 0);
+        co_await std::move(enqueuing_m2);
         auto second = expect_outcome(a, o1, "M2");
         const std::uint64_t o2 = co_await std::move(second);
-        auto enqueuing3 = enqueue(a, to, "M3", 1);
-        co_await std::move(enqueuing3);
+        auto enqueuing_m3 = enqueue(a, to, "M3", 1);
+        co_await std::move(enqueuing_m3);
         auto third = expect_outcome(a, o2, "M3");
         co_await std::move(third);
         CHECK(peer.received() == std::vector<std::string>{"M1", "M2", "M3"});
@@ -234,20 +234,20 @@ TEST_CASE("a cut listening connection is made again: what was notified meanwhile
         hl7::outbox b = open_box(ex, schema, no_poll);
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = static_cast<std::uint16_t>(std::stoi(peer.port()))};
         delivery run(b, to);
-        auto listening9 = wait_listening(schema, 2, {});
-        const std::vector<std::string> before = co_await std::move(listening9);
+        auto listening = wait_listening(schema, 2, {});
+        const std::vector<std::string> before = co_await std::move(listening);
 
         (void)server().psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN " + schema + "'");
-        auto enqueuing4 = enqueue(a, to, "M1", 0);
-        co_await std::move(enqueuing4);
-        auto listening10 = wait_listening(schema, 2, before);
-        co_await std::move(listening10);
+        auto enqueuing_m1 = enqueue(a, to, "M1", 0);
+        co_await std::move(enqueuing_m1);
+        auto listening_again = wait_listening(schema, 2, before);
+        co_await std::move(listening_again);
         auto first = expect_outcome(a, 0, "M1");
         const std::uint64_t o1 = co_await std::move(first);
-        auto pausing14 = sleep_for(200ms);
-        co_await std::move(pausing14);
-        auto enqueuing5 = enqueue(a, to, "M2", 0);
-        co_await std::move(enqueuing5);
+        auto settling = sleep_for(200ms);
+        co_await std::move(settling);
+        auto enqueuing_m2 = enqueue(a, to, "M2", 0);
+        co_await std::move(enqueuing_m2);
         auto second = expect_outcome(a, o1, "M2");
         co_await std::move(second);
         CHECK(peer.received() == std::vector<std::string>{"M1", "M2"});
@@ -281,32 +281,33 @@ TEST_CASE("while its listening connection cannot be made again, an instance deli
         hl7::outbox b = open_box(ex, schema, 200ms, uri);
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = static_cast<std::uint16_t>(std::stoi(peer.port()))};
         delivery run(b, to);
-        auto listening11 = wait_listening(schema, 2, {});
-        co_await std::move(listening11);
+        auto listening = wait_listening(schema, 2, {});
+        co_await std::move(listening);
         // Delivered once, so that the pools hold the connections delivery needs.
-        auto enqueuing6 = enqueue(a, to, "M1", 0);
-        co_await std::move(enqueuing6);
+        auto enqueuing_m1 = enqueue(a, to, "M1", 0);
+        co_await std::move(enqueuing_m1);
         auto first = expect_outcome(a, 0, "M1");
         const std::uint64_t o1 = co_await std::move(first);
 
         exec("ALTER DATABASE " + database + " WITH ALLOW_CONNECTIONS false");
         exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN " + schema + "'");
-        auto enqueuing7 = enqueue(a, to, "M2", 0);
-        co_await std::move(enqueuing7);
+        auto enqueuing_m2 = enqueue(a, to, "M2", 0);
+        co_await std::move(enqueuing_m2);
         const auto deadline = std::chrono::steady_clock::now() + soon;
         while (peer.count() < 2 && std::chrono::steady_clock::now() < deadline) {
             auto pausing = sleep_for(10ms);
             co_await std::move(pausing);
         }
         CHECK(peer.received() == std::vector<std::string>{"M1", "M2"});
-        PGresult* listening = PQexec(side, ("SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN " + schema + "'").c_str());
-        const std::string count = PQntuples(listening) == 1 ? PQgetvalue(listening, 0, 0) : "?";
-        PQclear(listening);
+        const std::string counting = "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN " + schema + "'";
+        PGresult* listeners_left = PQexec(side, counting.c_str());
+        const std::string count = PQntuples(listeners_left) == 1 ? PQgetvalue(listeners_left, 0, 0) : "?";
+        PQclear(listeners_left);
         CHECK(count == "0"); // so M2 was found by B's poll
 
         exec("ALTER DATABASE " + database + " WITH ALLOW_CONNECTIONS true");
-        auto listening12 = wait_listening(schema, 2, {});
-        co_await std::move(listening12);
+        auto listening_again = wait_listening(schema, 2, {});
+        co_await std::move(listening_again);
         auto second = expect_outcome(a, o1, "M2"); // A's waiter, woken by the resumed listening
         co_await std::move(second);
 
