@@ -183,6 +183,7 @@ struct outbox::impl : std::enable_shared_from_this<outbox::impl> {
     }
 
     void wake(const std::string& destination, std::uint32_t lane);
+    void changed(const detail::store_change& c);
     void wake_waiters();
     void query(const std::shared_ptr<outcome_waiter>& w);
     void finish_waiter(const std::shared_ptr<outcome_waiter>& w, error_code ec, outbox_record r = {});
@@ -319,7 +320,9 @@ public:
             it->second->wake();
         else if (!box_->shared)
             add_lane(lane);
-        // On a shared store the next poll decides whether the lane is this instance's to take.
+        else if (!known_.contains(lane))
+            look_again(); // a new lane: discovery decides whether it is this instance's to take
+        // A known lane another instance holds is its holder's; a takeover waits for the poll.
     }
 
     /// Dead letters were queued again: every lane looks, and lanes not running yet start.
@@ -329,8 +332,7 @@ public:
             return;
         for (auto& [lane, runner] : lanes_)
             runner->wake();
-        if (!listing_)
-            discover();
+        look_again();
     }
 
     void lane_drained(std::uint32_t lane, bool drained)
@@ -370,6 +372,16 @@ public:
     }
 
 private:
+    // Discovery now, or once the one under way is over (it may have listed the lanes before
+    // the change that calls for another look).
+    void look_again()
+    {
+        if (listing_)
+            again_ = true;
+        else
+            discover();
+    }
+
     // Says this instance delivers, then looks at the lanes stored for the destination and
     // starts those it should run: all of them on a store one process delivers, its share on a
     // shared one (ceil(lanes / instances)), giving surplus lanes back as other instances
@@ -392,7 +404,12 @@ private:
                                                                     error_code ec, std::vector<std::uint32_t> lanes) {
             if (!self->discovery_goes_on(ec, true))
                 return;
+            self->known_ = std::set<std::uint32_t>(lanes.begin(), lanes.end());
             self->balance(lanes, instances);
+            if (std::exchange(self->again_, false)) {
+                self->discover();
+                return;
+            }
             if (self->options_.until_empty && self->drained_.size() == self->lanes_.size()) {
                 self->check_empty();
                 return;
@@ -545,9 +562,11 @@ private:
     std::optional<handler<outbox::run_signature>> handler_;
     std::map<std::uint32_t, std::shared_ptr<lane_runner>> lanes_;
     std::set<std::uint32_t> drained_;
+    std::set<std::uint32_t> known_; // the lanes the last discovery found
     error_code error_{};
     bool delivering_ = false;
     bool listing_ = false;
+    bool again_ = false; // look_again while listing
     bool stopping_ = false;
     bool done_ = false;
 };
@@ -704,6 +723,22 @@ void outbox::impl::wake(const std::string& destination, std::uint32_t lane)
         it->second->wake(lane);
 }
 
+void outbox::impl::changed(const detail::store_change& c)
+{
+    using kind = detail::store_change::kind;
+    if (closing)
+        return;
+    if (c.what == kind::queued) {
+        wake(c.lane.destination, c.lane.lane);
+        return;
+    }
+    if (c.what == kind::retried || c.what == kind::unknown)
+        for (auto& [key, run] : runs)
+            run->wake_all();
+    if (c.what == kind::outcome || c.what == kind::unknown)
+        wake_waiters();
+}
+
 void outbox::impl::wake_waiters()
 {
     std::vector<std::shared_ptr<outcome_waiter>> all(waiters.begin(), waiters.end());
@@ -793,7 +828,14 @@ outcome::result<outbox> outbox::open(executor_type ex, outbox_options options)
         auto store = detail::open_pg_store(ex, where.target, {.schema = options.schema, .connections = options.connections});
         if (!store)
             return store.error();
-        return outbox(std::make_shared<impl>(std::move(ex), std::move(options), std::move(store).value(), true));
+        auto i = std::make_shared<impl>(std::move(ex), std::move(options), std::move(store).value(), true);
+        // What other instances store wakes this one's lanes and waiters (NOTIFY); polling stays
+        // for what a notification misses.
+        i->store->watch([w = std::weak_ptr<impl>(i)](detail::store_change c) {
+            if (auto i = w.lock())
+                asio::post(i->strand, [i, c = std::move(c)] { i->changed(c); });
+        });
+        return outbox(std::move(i));
 #else
         return error_code(outbox_errc::unsupported_location);
 #endif
@@ -967,7 +1009,8 @@ void outbox::status_impl(const std::shared_ptr<impl>& i, handler<status_signatur
 void outbox::retry_impl(const std::shared_ptr<impl>& i, std::vector<std::int64_t> ids, bool all_dead,
                         handler<count_signature> h)
 {
-    // Runs in this process pick the retried messages up at once; others at their next poll.
+    // Runs in this process pick the retried messages up at once; others when notified
+    // (PostgreSQL) or at their next poll.
     i->store->retry(std::move(ids), all_dead, outbox_clock::now(),
                     then(std::move(h), i->ex, [i](handler<count_signature> h, error_code ec, std::uint64_t n) {
                         if (!ec && n > 0)

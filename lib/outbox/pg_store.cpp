@@ -21,6 +21,7 @@
 #include <iterator>
 #include <list>
 #include <map>
+#include <random>
 #include <set>
 #include <tuple>
 
@@ -211,14 +212,71 @@ asio::awaitable<pq_reply> connect(const std::shared_ptr<pq_connection>& c, std::
         asio::use_awaitable, std::move(conninfo));
 }
 
+struct pq_notification {
+    error_code ec;
+    std::string payload;
+};
+
+asio::awaitable<pq_notification> notification(const std::shared_ptr<pq_connection>& c)
+{
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void(pq_notification)>(
+        [c](auto h) {
+            auto shared = std::make_shared<decltype(h)>(std::move(h));
+            c->async_notification([shared](error_code ec, std::string, std::string payload) {
+                std::move(*shared)(pq_notification{ec, std::move(payload)});
+            });
+        },
+        asio::use_awaitable);
+}
+
+// Notifications: the channel is the schema's name (a plain identifier, so usable as is), and
+// a payload is "<store tag> <kind>[ <lane> <destination>]": the tag lets a store ignore its
+// own changes (its outbox woke itself already), the destination comes last as it may hold
+// spaces.
+std::string random_tag()
+{
+    std::random_device rd;
+    char tag[17];
+    std::snprintf(tag, sizeof tag, "%08x%08x", rd(), rd());
+    return tag;
+}
+
+std::optional<store_change> parse_change(std::string_view payload, std::string_view own_tag)
+{
+    const auto space = payload.find(' ');
+    if (space == std::string_view::npos)
+        return store_change{};
+    if (payload.substr(0, space) == own_tag)
+        return std::nullopt;
+    std::string_view rest = payload.substr(space + 1);
+    if (rest == "r")
+        return store_change{.what = store_change::kind::retried};
+    if (rest == "o")
+        return store_change{.what = store_change::kind::outcome};
+    if (rest.starts_with("q ")) {
+        rest.remove_prefix(2);
+        const auto end = rest.find(' ');
+        const std::string_view lane = rest.substr(0, end);
+        if (end != std::string_view::npos && !lane.empty() && lane.size() <= 10 &&
+            std::all_of(lane.begin(), lane.end(), [](char c) { return c >= '0' && c <= '9'; }))
+            return store_change{.what = store_change::kind::queued,
+                                .lane = {std::string(rest.substr(end + 1)), static_cast<std::uint32_t>(to_int(lane))}};
+    }
+    return store_change{}; // not ours to read: look everywhere
+}
+
 // The tables' names, and the statements that differ only by them, built once.
 struct statements {
     explicit statements(const std::string& schema)
         : meta(schema + ".meta"), messages(schema + ".messages"), lanes(schema + ".lanes"),
-          instances(schema + ".instances")
+          instances(schema + ".instances"), channel(schema), tag(random_tag())
     {
     }
     std::string meta, messages, lanes, instances;
+    std::string channel; // of the notifications
+    std::string tag;     // of this store's notifications
+
+    std::string note(std::string_view what) const { return tag + ' ' + std::string(what); }
 };
 
 // What the operations share: the pool of connections, on one strand.
@@ -260,6 +318,19 @@ public:
         });
     }
 
+    // Listens on a connection of its own, outside the pool, until the store closes; a lost
+    // one is made again with the pool's backoff. Once listening, reports `unknown`: what was
+    // notified before (or while it was down) is not delivered to it.
+    void watch(std::function<void(store_change)> f)
+    {
+        asio::post(strand_, [self = shared_from_this(), f = std::move(f)]() mutable {
+            if (self->on_change_ || self->closing_ || self->closed_)
+                return;
+            self->on_change_ = std::move(f);
+            asio::co_spawn(self->strand_, listen(self), asio::detached);
+        });
+    }
+
     // Without waiting: what is under way fails with outbox_errc::closed.
     void shut()
     {
@@ -270,6 +341,45 @@ public:
     }
 
 private:
+    static asio::awaitable<void> listen(std::shared_ptr<pg_state> self)
+    {
+        std::chrono::milliseconds backoff{0};
+        while (!self->closing_ && !self->closed_) {
+            if (backoff.count() > 0) {
+                self->listen_backoff_ = std::make_shared<asio::steady_timer>(self->strand_, backoff);
+                auto waiting = self->listen_backoff_->async_wait(asio::as_tuple(asio::use_awaitable));
+                co_await std::move(waiting);
+                self->listen_backoff_.reset();
+                if (self->closing_ || self->closed_)
+                    break;
+            }
+            auto c = std::make_shared<pq_connection>(self->strand_);
+            self->listener_ = c;
+            auto connecting = connect(c, self->conninfo_);
+            pq_reply r = co_await std::move(connecting);
+            if (!r.ec && !self->closed_) {
+                auto listening = exec(c, "LISTEN " + self->sql.channel);
+                r = co_await std::move(listening);
+            }
+            if (!r.ec && !self->closed_) {
+                backoff = {};
+                self->on_change_(store_change{});
+                for (;;) {
+                    auto waiting = notification(c);
+                    const pq_notification n = co_await std::move(waiting);
+                    if (n.ec || self->closed_)
+                        break;
+                    if (auto change = parse_change(n.payload, self->sql.tag))
+                        self->on_change_(std::move(*change));
+                }
+            }
+            c->close();
+            self->listener_.reset();
+            backoff = std::clamp<std::chrono::milliseconds>(backoff * 2, std::chrono::milliseconds(100),
+                                                            std::chrono::seconds(5));
+        }
+    }
+
     template <class... Results, class Body>
     static asio::awaitable<void> operate(std::shared_ptr<pg_state> self, Body body, handler_t<Results...> h)
     {
@@ -404,6 +514,10 @@ private:
         waiters_.clear();
         for (auto& t : backing_off_)
             t->cancel();
+        if (listener_)
+            listener_->close();
+        if (listen_backoff_)
+            listen_backoff_->cancel();
     }
 
     asio::any_io_executor ex_;
@@ -422,6 +536,9 @@ private:
     bool closing_ = false;
     bool closed_ = false;
     std::list<store::handler<void()>> close_waiters_;
+    std::function<void(store_change)> on_change_;
+    std::shared_ptr<pq_connection> listener_;
+    std::shared_ptr<asio::steady_timer> listen_backoff_;
 };
 
 using connection_ptr = std::shared_ptr<pq_connection>;
@@ -450,17 +567,20 @@ public:
                              "VALUES($1, $2, $3, $4, 0, $5, $5) ON CONFLICT (destination, control_id) DO NOTHING "
                              "RETURNING id), l AS (INSERT INTO " +
                              q.lanes + "(destination, lane) SELECT $1::text, $2::integer FROM m ON CONFLICT DO NOTHING) "
-                             "SELECT id FROM m";
+                             "SELECT id, pg_notify($6, $7) FROM m";
+        // Notified in the insert's own transaction: on its commit, and only if it stored a message.
+        std::string note = q.note("q " + std::to_string(m.lane) + ' ' + m.destination);
         std::string find = "SELECT id, lane, state, (bytes = $3)::int FROM " + q.messages +
                            " WHERE destination = $1 AND control_id = $2";
         state_->submit<enqueue_result>(
-            std::move(h), [m = std::move(m), insert = std::move(insert), find = std::move(find)](
-                              const connection_ptr& c, enqueue_result& out) -> asio::awaitable<error_code> {
+            std::move(h), [m = std::move(m), insert = std::move(insert), find = std::move(find), note = std::move(note),
+                           channel = q.channel](const connection_ptr& c, enqueue_result& out) -> asio::awaitable<error_code> {
                 const std::string control_id = hex(m.control_id);
                 const std::string bytes = hex(m.bytes);
                 pq_result r;
                 HL7_PG_EXEC(r, c, insert,
-                            {m.destination, std::to_string(m.lane), control_id, bytes, std::to_string(to_ms(m.at))});
+                            {m.destination, std::to_string(m.lane), control_id, bytes, std::to_string(to_ms(m.at)),
+                             channel, note});
                 if (r.rows() == 1) {
                     out = {.id = to_int(r.get(0, 0)), .lane = m.lane, .state = outbox_state::queued};
                     co_return error_code{};
@@ -632,7 +752,8 @@ public:
     // waits for this commit or this transaction sees the takeover and writes nothing. A change
     // to a message that is no longer pending (only the lease holder changes pending messages)
     // means the lane's view is stale: nothing is written then either. Outcome
-    // numbers are taken last, under the counter row's lock until the commit: numbers are
+    // numbers are taken last, under the counter row's lock until the commit (which notifies
+    // the outcome to the stream's waiters in other processes): numbers are
     // committed in their order, so a reader that sees outcome n has every outcome before it
     // (a stream cursor never skips one that commits late). The price is that finishing
     // transactions of all lanes take turns for the time of one commit.
@@ -681,8 +802,9 @@ public:
             }
             if (finishing > 0) {
                 HL7_PG_EXEC(r, c,
-                            "UPDATE " + q.meta + " SET value = value + $1 WHERE key = 'next_outcome' RETURNING value - $1",
-                            {std::to_string(finishing)});
+                            "UPDATE " + q.meta +
+                                " SET value = value + $1 WHERE key = 'next_outcome' RETURNING value - $1, pg_notify($2, $3)",
+                            {std::to_string(finishing), q.channel, q.note("o")});
                 if (r.rows() != 1)
                     co_return error_code(outbox_errc::incompatible_store);
                 std::int64_t outcome = to_int(r.get(0, 0));
@@ -726,11 +848,16 @@ public:
             }
             p.emplace_back(list + "}");
         }
-        state_->submit<std::uint64_t>(std::move(h), [sql = std::move(sql), p = std::move(p)](
+        // Runs of other processes are notified on the commit, if something was queued again.
+        state_->submit<std::uint64_t>(std::move(h), [sql = std::move(sql), p = std::move(p), state = state_](
                                                         const connection_ptr& c, std::uint64_t& out) -> asio::awaitable<error_code> {
             pq_result r;
+            HL7_PG_EXEC(r, c, "BEGIN");
             HL7_PG_EXEC(r, c, sql, p);
             out = r.affected();
+            if (out > 0)
+                HL7_PG_EXEC(r, c, "SELECT pg_notify($1, $2)", {state->sql.channel, state->sql.note("r")});
+            HL7_PG_EXEC(r, c, "COMMIT");
             co_return error_code{};
         });
     }
@@ -799,6 +926,8 @@ public:
                 co_return error_code{};
             });
     }
+
+    void watch(std::function<void(store_change)> f) override { state_->watch(std::move(f)); }
 
     void close(handler<void()> h) override { state_->close(std::move(h)); }
 

@@ -2,7 +2,9 @@
 // on the caller's executor (pq_connection), a small pool of connections, the schema created
 // and migrated in a schema of its own. Leases are rows of `lanes` taken with FOR UPDATE SKIP
 // LOCKED and timed by the server's clock; every change a lane records locks its lease row and
-// checks the fencing token in the same transaction.
+// checks the fencing token in the same transaction. Enqueues, retries and outcomes NOTIFY the
+// channel named after the schema in their transaction; watch LISTENs on a connection outside
+// the pool, which close ends.
 #pragma once
 
 #include "outbox/store.hpp"

@@ -714,6 +714,10 @@ public:
             });
     }
 
+    // One process delivers from the file (begin_delivery), and what it stores wakes its own
+    // lanes: what other processes store is found by polling.
+    void watch(std::function<void(store_change)>) override {}
+
     void close(handler<void()> h) override
     {
         asio::any_completion_executor work =

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -93,6 +94,18 @@ struct record_query {
     std::size_t limit = 1000;
 };
 
+/// A change another process committed to the store, that instances delivering from it act on.
+struct store_change {
+    enum class kind {
+        queued,  ///< a message was stored in `lane`
+        retried, ///< dead letters were queued again, anywhere
+        outcome, ///< an outcome was recorded
+        unknown, ///< anything may have changed (changes were missed, or could not be read)
+    };
+    kind what = kind::unknown;
+    lane_key lane = {};
+};
+
 class store {
 public:
     using error_code = boost::system::error_code;
@@ -133,6 +146,12 @@ public:
     /// Deletes final messages that became final before `before`. Gives how many.
     virtual void purge(outbox_clock::time_point before, handler<void(error_code, std::uint64_t)> h) = 0;
     virtual void status(handler<void(error_code, std::vector<outbox_lane_status>)> h) = 0;
+    /// Calls `f` (on the store's executor, one call at a time) for each change another
+    /// process commits, shortly after its commit: the outbox wakes a lane, or looks again,
+    /// at once rather than at its next poll. Best effort: a change may be reported late or
+    /// not at all (`unknown` follows a gap), so the outbox polls too. Set once, before the
+    /// store is used. A store one process delivers from (SQLite) reports nothing.
+    virtual void watch(std::function<void(store_change)> f) = 0;
     /// Finishes what it was given, then closes; later operations fail with outbox_errc::closed.
     virtual void close(handler<void()> h) = 0;
 };

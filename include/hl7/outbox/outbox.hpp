@@ -44,6 +44,11 @@
 // lease was taken over or has expired: it sends nothing more and writes nothing (every change
 // checks the fencing token in its transaction). A lost connection to the server stops the
 // lanes it served, which start again, on new connections with backoff, at a later poll.
+// Enqueues, retries and outcomes send a NOTIFY (on the channel named after the schema) when
+// they commit; each instance LISTENs on one connection of its own and wakes the lane a message
+// was stored in (or looks for new lanes to take, or queries for its outcome waiters) within
+// milliseconds. Polling stays as the fallback: a lost listening connection is made again with
+// backoff, after which every run and waiter looks again, and until then polls cover it.
 //
 // SQLite: the file uses WAL (concurrent readers, one writer), so it must be on a local
 // filesystem, not a network share. Concurrent operations share commits (group commit): one
@@ -273,7 +278,9 @@ struct outbox_options {
     std::chrono::milliseconds busy_timeout = std::chrono::seconds(5);
     /// How often runs and async_next_outcome look for what other processes stored (new
     /// messages, retried dead letters, outcomes), and runs for lanes to take (free, expired,
-    /// or their share as instances come and go). What this instance stores wakes it at once.
+    /// or their share as instances come and go). What this instance stores wakes it at once;
+    /// on PostgreSQL, so does what other instances store (LISTEN/NOTIFY), and polling is the
+    /// fallback for a notification missed while the listening connection was down.
     std::chrono::milliseconds poll_interval = std::chrono::seconds(1);
     /// How long a lane's lease lasts; it is renewed every third of that while the lane works.
     /// The lanes of an instance that died are taken over within lease_ttl + poll_interval.
