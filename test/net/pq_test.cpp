@@ -24,13 +24,9 @@ namespace {
 
 using hl7::test::throwaway_postgres;
 
-// One server for the whole binary, started by the first test that needs it.
 throwaway_postgres* server()
 {
-    static std::optional<throwaway_postgres> pg;
-    if (!pg)
-        pg.emplace(throwaway_postgres::start());
-    return &*pg;
+    return &hl7::test::shared_postgres();
 }
 
 const bool no_postgres = !throwaway_postgres::available();

@@ -38,16 +38,12 @@ const bool no_postgres = !throwaway_postgres::available();
 
 throwaway_postgres& server()
 {
-    static std::optional<throwaway_postgres> pg;
-    if (!pg)
-        pg.emplace(throwaway_postgres::start());
-    return *pg;
+    return hl7::test::shared_postgres();
 }
 
 std::string fresh_schema()
 {
-    static std::atomic<int> n{0};
-    return "outbox_test_" + std::to_string(::getpid()) + "_" + std::to_string(++n);
+    return hl7::test::fresh_schema("outbox_test_");
 }
 
 // Far longer than any wait of the tests: what they see within `soon` was not found by a poll.

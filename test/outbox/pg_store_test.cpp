@@ -34,16 +34,12 @@ const bool no_postgres = !throwaway_postgres::available();
 
 throwaway_postgres& server()
 {
-    static std::optional<throwaway_postgres> pg;
-    if (!pg)
-        pg.emplace(throwaway_postgres::start());
-    return *pg;
+    return hl7::test::shared_postgres();
 }
 
 std::string fresh_schema()
 {
-    static std::atomic<int> n{0};
-    return "store_test_" + std::to_string(::getpid()) + "_" + std::to_string(++n);
+    return hl7::test::fresh_schema("store_test_");
 }
 
 using hl7::test::store_t0;

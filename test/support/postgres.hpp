@@ -8,6 +8,7 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
@@ -156,5 +157,21 @@ private:
     bool durable_ = false;
     bool running_ = false;
 };
+
+/// One server for the whole test binary, started by the first test that needs it.
+inline throwaway_postgres& shared_postgres()
+{
+    static std::optional<throwaway_postgres> pg;
+    if (!pg)
+        pg.emplace(throwaway_postgres::start());
+    return *pg;
+}
+
+/// A schema name no other test of any process uses: `prefix`, the process id and a number.
+inline std::string fresh_schema(const std::string& prefix)
+{
+    static std::atomic<int> n{0};
+    return prefix + std::to_string(::getpid()) + "_" + std::to_string(++n);
+}
 
 } // namespace hl7::test
