@@ -120,4 +120,22 @@ inline boost::asio::awaitable<void> sleep_for(std::chrono::steady_clock::duratio
     co_await timer.async_wait(boost::asio::use_awaitable);
 }
 
+/// Waits in a coroutine until `ready()` holds, looking again every millisecond: the way a test
+/// orders itself after an event of another party (a frame arrived, a connection accepted),
+/// where a fixed sleep would be a guess that a slow machine loses. Fails the test, naming
+/// `what`, if it does not hold within five seconds. (A plain string and a lambda that captures
+/// by reference: GCC 12 may destroy twice a class temporary that lives across a co_await, which
+/// only a trivially destructible one survives.)
+template <class Ready>
+boost::asio::awaitable<void> until(Ready ready, const char* what)
+{
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
+    while (!ready()) {
+        REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "still waiting for " << what);
+        timer.expires_after(std::chrono::milliseconds(1));
+        co_await timer.async_wait(boost::asio::use_awaitable);
+    }
+}
+
 } // namespace hl7::test
