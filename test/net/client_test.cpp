@@ -1054,7 +1054,10 @@ TEST_CASE("a child process started while a connection is up does not hold it ope
         auto client = make_client(ex);
         auto conn = client.connect(p.port(), quick()).value();
         CHECK((co_await conn.send(fresh())).has_value());
-        hl7::test::child sleeper({"/bin/sleep", "60"}); // inherits every descriptor not close-on-exec
+        hl7::test::child sleeper({"/bin/sh", "-c", "echo running; exec sleep 60"}); // inherits every descriptor not close-on-exec
+        // Past its exec: until then the child holds a copy of every descriptor, close-on-exec or not
+        // (posix_spawn returns before the kernel closes them).
+        REQUIRE(sleeper.read_line(5s) == "running");
         co_await conn.close();
         for (int i = 0; i < 500 && !*ended; ++i)
             co_await sleep_for(10ms);

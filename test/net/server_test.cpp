@@ -454,7 +454,10 @@ TEST_CASE("a child process started while the server runs holds neither its port 
         auto client = co_await raw_client::connect(server.local_endpoint());
         co_await client.send(adt("EXEC"));
         co_await client.read_reply();
-        hl7::test::child sleeper({"/bin/sleep", "60"}); // inherits every descriptor not close-on-exec
+        hl7::test::child sleeper({"/bin/sh", "-c", "echo running; exec sleep 60"}); // inherits every descriptor not close-on-exec
+        // Past its exec: until then the child holds a copy of every descriptor, close-on-exec or not
+        // (posix_spawn returns before the kernel closes them).
+        REQUIRE(sleeper.read_line(5s) == "running");
         co_await server.async_close(asio::use_awaitable);
         CHECK(co_await client.read_end() == asio::error::eof); // not held open by the child
         tcp::socket late(ex);
