@@ -57,8 +57,10 @@ hl7::outbox open_box(asio::any_io_executor ex, const hl7::test::temp_dir& dir,
 hl7::outbox_run_options quick(bool until_empty = true)
 {
     hl7::outbox_run_options o;
-    o.connection.connect_timeout = 1s;
-    o.connection.ack_timeout = 300ms;
+    // Where a test expects answers, a loaded machine must not time them out: 5 s. The tests of
+    // timeouts set their own.
+    o.connection.connect_timeout = 5s;
+    o.connection.ack_timeout = 5s;
     o.connection.reconnect = {.max_attempts = 0, .initial = 20ms, .max = 100ms, .factor = 2.0, .jitter = 0};
     o.retry = {.initial = 30ms, .max = 100ms, .factor = 2.0, .jitter = 0};
     o.until_empty = until_empty;
@@ -360,6 +362,7 @@ TEST_CASE("a peer that never answers: the message is sent again flagged, becomes
         const std::vector<std::string> names{"S1", "S2"};
         const auto ids = co_await enqueue_all(box, to, names, one_lane);
         auto options = quick();
+        options.connection.ack_timeout = 300ms; // the silent connections time out
         options.retry.max_attempts = 2;
         CHECK((co_await box.run(to, options)).has_value());
         const auto dead = co_await get(box, ids[0]);
@@ -488,14 +491,24 @@ TEST_CASE("a second outbox delivering from the same file fails with delivery_loc
     hl7::test::temp_dir dir;
     run_async([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        auto first = open_box(ex, dir);
-        auto second = open_box(ex, dir);
+        // A lane starts only once its run holds the delivery lock: the queued message makes
+        // each run's lane start, which tells the test the lock is held.
+        int first_lanes = 0, second_lanes = 0;
+        auto first = open_box(ex, dir, [&](const hl7::outbox_event& e) {
+            first_lanes += e.what == hl7::outbox_event::kind::lane_started;
+        });
+        auto second = open_box(ex, dir, [&](const hl7::outbox_event& e) {
+            second_lanes += e.what == hl7::outbox_event::kind::lane_started;
+        });
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = hl7::test::closed_port(ex)};
+        const hl7::enqueue_options one_lane{};
+        const std::vector<std::string> names{"L1"};
+        (void)co_await enqueue_all(first, to, names, one_lane);
         auto options = quick(false);
         asio::cancellation_signal stop;
         std::optional<error_code> first_done;
         first.async_run(to, options, asio::bind_cancellation_slot(stop.slot(), [&](error_code ec) { first_done = ec; }));
-        co_await sleep_for(100ms);
+        co_await hl7::test::until([&] { return first_lanes > 0; }, "the first run's lane started");
         auto locked = co_await second.run(to, options);
         CHECK(locked.error() == outbox_errc::delivery_locked);
         auto twice = co_await first.run(to, options);
@@ -509,7 +522,8 @@ TEST_CASE("a second outbox delivering from the same file fails with delivery_loc
         asio::cancellation_signal stop2;
         std::optional<error_code> second_done;
         second.async_run(to, options, asio::bind_cancellation_slot(stop2.slot(), [&](error_code ec) { second_done = ec; }));
-        co_await sleep_for(100ms);
+        co_await hl7::test::until([&] { return second_lanes > 0 || second_done.has_value(); },
+                                  "the second run's lane started, or the run ended");
         CHECK_FALSE(second_done.has_value());
         stop2.emit(asio::cancellation_type::terminal);
         while (!second_done)
@@ -525,7 +539,10 @@ TEST_CASE("a run cancelled while its destination refuses connections leaves the 
     hl7::test::temp_dir dir;
     run_async([&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        auto box = open_box(ex, dir);
+        bool lane_started = false;
+        auto box = open_box(ex, dir, [&](const hl7::outbox_event& e) {
+            lane_started = lane_started || e.what == hl7::outbox_event::kind::lane_started;
+        });
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = hl7::test::closed_port(ex)};
         const hl7::enqueue_options one_lane{};
         const std::vector<std::string> names{"Q1", "Q2"};
@@ -534,7 +551,8 @@ TEST_CASE("a run cancelled while its destination refuses connections leaves the 
         asio::cancellation_signal stop;
         std::optional<error_code> done;
         box.async_run(to, options, asio::bind_cancellation_slot(stop.slot(), [&](error_code ec) { done = ec; }));
-        co_await sleep_for(200ms);
+        co_await hl7::test::until([&] { return lane_started; }, "the lane started");
+        co_await sleep_for(200ms); // connection attempts refused meanwhile
         stop.emit(asio::cancellation_type::partial);
         while (!done)
             co_await sleep_for(5ms);

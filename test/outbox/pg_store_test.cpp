@@ -240,7 +240,9 @@ TEST_CASE("two stores claiming every lane at once never hold the same lane, and 
             });
         }
     }
-    for (int i = 0; i < 1000 && completions < 16; ++i) {
+    // Until all completed, or a deadline far beyond what a loaded machine needs.
+    for (const auto deadline = std::chrono::steady_clock::now() + 60s;
+         completions < 16 && std::chrono::steady_clock::now() < deadline;) {
         a.ctx.restart();
         a.ctx.run_for(5ms);
         b.ctx.restart();
@@ -281,7 +283,9 @@ TEST_CASE("outcomes recorded by two instances at once are numbered without gaps 
             ++completions;
         });
     }
-    for (int i = 0; i < 2000 && completions < 40; ++i) {
+    // Until all completed, or a deadline far beyond what a loaded machine needs.
+    for (const auto deadline = std::chrono::steady_clock::now() + 60s;
+         completions < 40 && std::chrono::steady_clock::now() < deadline;) {
         a.ctx.restart();
         a.ctx.run_for(5ms);
         b.ctx.restart();

@@ -44,7 +44,7 @@ struct fixture : hl7::test::store_harness {
                      std::function<void(const hl7::outbox_event&)> observer = {})
         : store_harness([&](asio::any_io_executor ex) {
               return hl7::detail::open_sqlite_store(ex, path,
-                                                    {.synchronous = sync, .busy_timeout = 2s, .observer = std::move(observer)});
+                                                    {.synchronous = sync, .busy_timeout = 5s, .observer = std::move(observer)});
           })
     {
     }

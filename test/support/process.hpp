@@ -18,6 +18,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -151,6 +152,15 @@ public:
     {
         std::lock_guard lock(mutex_);
         return err_;
+    }
+
+    /// Waits until standard error holds `text`, at most `timeout`; false if it did not (or
+    /// standard error closed without it).
+    bool wait_for_err(std::string_view text, std::chrono::milliseconds timeout)
+    {
+        std::unique_lock lock(mutex_);
+        return changed_.wait_for(lock, timeout, [&] { return err_.find(text) != std::string::npos || err_closed_; }) &&
+               err_.find(text) != std::string::npos;
     }
 
     void signal(int sig) { ::kill(pid_, sig); }

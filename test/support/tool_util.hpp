@@ -88,8 +88,8 @@ public:
     explicit listener(const std::vector<std::string>& options = {}, const std::string& host = "127.0.0.1")
         : proc_(command(options, host))
     {
-        auto line = proc_.read_line(5s);
-        REQUIRE_MESSAGE(line.has_value(), "hl7 listen printed no first line within 5 s");
+        auto line = proc_.read_line(30s);
+        REQUIRE_MESSAGE(line.has_value(), "hl7 listen printed no first line within 30 s");
         first_line_ = *line;
         const std::size_t colon = first_line_.rfind(':');
         REQUIRE(first_line_.starts_with("listening on "));
@@ -177,6 +177,14 @@ inline int metrics_port(const std::string& err)
     const std::string mark = "metrics at http://127.0.0.1:";
     const auto at = err.find(mark);
     return at == std::string::npos ? 0 : std::atoi(err.c_str() + at + mark.size());
+}
+
+/// The port of the metrics endpoint `c` names on its standard error, waiting (at most 30 s)
+/// for the line: it may come after lines of standard output the test has already read.
+inline int metrics_port(child& c)
+{
+    REQUIRE_MESSAGE(c.wait_for_err("/metrics\n", 30s), "no metrics line on standard error: " << c.err());
+    return metrics_port(c.err());
 }
 
 /// A plain HTTP GET of `path` from 127.0.0.1:`port`: the whole response, empty when nobody

@@ -51,9 +51,7 @@ std::string newline_segments(std::string text)
 
 TEST_CASE("listen prints its real port at once through a pipe when asked for port 0")
 {
-    const auto started = std::chrono::steady_clock::now();
-    listener l; // reads the first line from the pipe, with a deadline
-    CHECK(std::chrono::steady_clock::now() - started < 3s);
+    listener l; // reads the first line from the pipe while listen runs: not buffered until it ends
     CHECK(std::regex_match(l.first_line(), std::regex(R"(listening on 127\.0\.0\.1:[1-9]\d*)")));
     // The port printed is the one it listens on.
     CHECK(send_to(l, small_message("PORT1")).status == 0);
@@ -82,7 +80,7 @@ TEST_CASE("SIGINT stops listen the same way, also while a client is still connec
     listener l;
     child idle({tool(), "send", "--port", l.port()}); // connects and waits on its standard input
     idle.write(small_message("SI1") + "\r");
-    REQUIRE(idle.read_line(5s).has_value());
+    REQUIRE(idle.read_line(30s).has_value());
     const auto r = l.stop(SIGINT);
     CHECK(r.status == 0);
     CHECK(r.err == "hl7: stopped: 1 connection, 1 received, 1 replied, 0 errors\n");
@@ -206,8 +204,8 @@ child bash(const std::string& script)
 // The port of a pipeline's `listening on 127.0.0.1:PORT` line.
 std::string port_of(child& c)
 {
-    auto line = c.read_line(5s);
-    REQUIRE_MESSAGE(line.has_value(), "no first line within 5 s");
+    auto line = c.read_line(30s);
+    REQUIRE_MESSAGE(line.has_value(), "no first line within 30 s");
     REQUIRE(line->starts_with("listening on "));
     return line->substr(line->rfind(':') + 1);
 }
@@ -269,7 +267,7 @@ TEST_CASE("a standard output read slowly delays acknowledgements and loses none"
     std::string port;
     pid_t listener_pid = 0;
     for (int i = 0; i < 2; ++i) {
-        auto line = pipeline.read_line(5s);
+        auto line = pipeline.read_line(30s);
         REQUIRE(line.has_value());
         if (line->starts_with("pid "))
             listener_pid = std::stoi(line->substr(4));
@@ -375,7 +373,7 @@ TEST_CASE("listen --metrics serves the server's counters as Prometheus text at /
 {
     listener l({"--metrics", "127.0.0.1:0"});
     REQUIRE(send_to(l, small_message("MET1")).status == 0);
-    const int port = metrics_port(l.process().err());
+    const int port = metrics_port(l.process());
     REQUIRE(port != 0);
     const std::string body = http_get(port);
     CHECK(body.starts_with("HTTP/1.1 200"));
@@ -412,6 +410,7 @@ TEST_CASE("listen --threads 4 answers concurrent senders, each message once")
 TEST_CASE("an empty-frame flood leaves a few lines of log, not one per frame")
 {
     listener l;
+    const auto started = std::chrono::steady_clock::now();
     hl7::test::run_async([&]() -> asio::awaitable<void> {
         const asio::ip::tcp::endpoint at{asio::ip::make_address("127.0.0.1"),
                                          static_cast<std::uint16_t>(std::stoi(l.port()))};
@@ -423,11 +422,17 @@ TEST_CASE("an empty-frame flood leaves a few lines of log, not one per frame")
             (void)co_await c.try_write(flood);
             CHECK(co_await c.read_end());
         }
-    }, 20s);
+    }, 120s);
     const auto r = l.stop();
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
     CHECK(r.status == 0);
-    // 500 bad frames and 50 closed connections: ten lines of each kind and the summary, at most
-    // one more of each per second the flood lasted.
-    CHECK(count_lines(r.err) < 40);
+    // 250,000 bad frames on 50 connections closed for them: per kind (the bad frames, the
+    // closings) ten lines at once, then at most one a second, each followed by at most one line
+    // counting those left out; and the summary. The flood lasts a second or two on an idle
+    // machine, longer on a loaded one: the bound follows how long it lasted.
+    const std::size_t seconds_passed = static_cast<std::size_t>(seconds.count()) + 1;
+    INFO("the flood lasted about " << seconds_passed << " s; standard error: " << r.err);
+    CHECK(count_lines(r.err) <= 2 * (10 + 2 * seconds_passed) + 1);
+    CHECK(count_lines(r.err) < 1000); // a few lines, not one per frame
     CHECK(r.err.find(" more unparsable messages not shown\n") != std::string::npos); // the rest are counted
 }

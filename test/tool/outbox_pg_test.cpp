@@ -123,24 +123,29 @@ void check_guarantees(const std::vector<arrival>& arrivals, const std::map<std::
     CHECK(unsorted == 0);
 
     // No lane delivered by two connections at once: once a lane's frames come on a new
-    // connection, the earlier connection sends nothing more on it, but for at most one frame
-    // already on its way (its sender paused between its last lease check and the write),
-    // which is a flagged resend.
+    // connection, the earlier connection sends nothing more on it, but for the one frame that
+    // may have been on its way (its sender was paused, or merely slow, between its last lease
+    // check and the write; the window is 1), which is a flagged resend. That is at most one
+    // late frame per lane and connection it moved away from: the stopped instance may leave
+    // one in each lane it held, and on a loaded machine any instance whose lease ran out.
     std::map<std::int64_t, std::vector<const arrival*>> by_lane;
     for (const arrival& a : arrivals)
         by_lane[recs.at(a.control_id).lane].push_back(&a);
     int overlaps = 0, late_frames = 0;
-    for (const auto& entry : by_lane) {
+    std::map<std::pair<std::int64_t, std::uint16_t>, int> late; // (lane, connection moved away from) -> frames
+    for (const auto& [lane, lane_arrivals] : by_lane) {
         std::set<std::uint16_t> done; // connections the lane moved away from
         std::uint16_t current = 0;
-        for (const arrival* a : entry.second) {
+        for (const arrival* a : lane_arrivals) {
             if (a->port == current)
                 continue;
             if (done.contains(a->port)) {
-                if (recs.at(a->control_id).flagged)
+                if (recs.at(a->control_id).flagged) {
                     ++late_frames;
-                else
+                    ++late[{lane, a->port}];
+                } else {
                     ++overlaps;
+                }
                 continue;
             }
             if (current != 0)
@@ -149,7 +154,12 @@ void check_guarantees(const std::vector<arrival>& arrivals, const std::map<std::
         }
     }
     CHECK(overlaps == 0);
-    CHECK(late_frames <= 1);
+    int more_than_one = 0;
+    for (const auto& [where, frames] : late)
+        more_than_one += frames > 1;
+    CHECK(more_than_one == 0);
+    MESSAGE(late_frames << " late frames (flagged resends on a connection its lane had left), in " << late.size()
+                        << " lane connections");
 
     // Fencing in the store: outcomes are numbered in commit order, and in each lane their
     // tokens never go back, so no holder wrote an outcome after its lease was taken over.
@@ -163,6 +173,19 @@ void check_guarantees(const std::vector<arrival>& arrivals, const std::map<std::
             stale_writes += entry.second[i].second < entry.second[i - 1].second;
     }
     CHECK(stale_writes == 0);
+}
+
+// Whether `ready()` comes true within `limit`, asked every 100 ms.
+template <class Ready>
+bool eventually(std::chrono::seconds limit, Ready ready)
+{
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!ready()) {
+        if (std::chrono::steady_clock::now() > deadline)
+            return false;
+        std::this_thread::sleep_for(100ms);
+    }
+    return true;
 }
 
 } // namespace
@@ -201,11 +224,22 @@ TEST_CASE("three instances on one database deliver 10,000 messages over 8 lanes 
     REQUIRE(peer.wait_for(n / 5, 120s));
     instances[0]->signal(SIGKILL);
     REQUIRE(peer.wait_for(n * 2 / 5, 120s));
-    // Stopped past its lease: the remaining instance takes its lanes over.
+    // Stopped while it holds lanes, and past its lease: the remaining instance takes its lanes
+    // over. Waited for as events (the leases in the store, the frames at the receiver), not
+    // for a time: on a loaded machine a takeover takes longer than its lease_ttl + poll_interval.
+    const std::string stopped_owner = "owner LIKE '%:" + std::to_string(instances[2]->pid()) + ":%'";
+    auto lanes_held = [&] { return std::stoi(pg.psql("SELECT count(*) FROM " + schema + ".lanes WHERE " + stopped_owner)); };
+    REQUIRE_MESSAGE(eventually(120s, [&] { return lanes_held() > 0; }), "the instance to stop never held a lane");
     instances[2]->signal(SIGSTOP);
     const auto stopped_at = peer.count();
-    std::this_thread::sleep_for(6s);
-    CHECK(peer.count() > stopped_at); // the others went on meanwhile
+    const bool taken_over = eventually(120s, [&] { return lanes_held() == 0; });
+    CHECK_MESSAGE(taken_over, "the stopped instance's lanes were not taken over within 120 s; transactions open: "
+                                  << pg.psql("SELECT pid, state, pg_blocking_pids(pid), left(query, 60) FROM "
+                                             "pg_stat_activity WHERE datname = 'postgres' AND pid <> pg_backend_pid()"));
+    // The others went on meanwhile: more frames than the stopped instance can have had on
+    // their way (one per lane) came since it stopped.
+    if (taken_over)
+        CHECK(eventually(120s, [&] { return peer.count() > stopped_at + 8; }));
     instances[2]->signal(SIGCONT);
 
     const auto killed = instances[0]->wait(30s);

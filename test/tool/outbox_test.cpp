@@ -232,10 +232,11 @@ TEST_CASE("outbox run delivers until SIGTERM and exits 0; a second runner on the
     const std::string db = (dir.path() / "out.db").string();
     listener l({"--json"});
     child runner({tool(), "outbox", "run", "--outbox", db, "--port", l.port()});
-    // Wait until it holds the delivery lock: a message enqueued now gets delivered.
+    // Enqueued while the runner starts, or after: either way it delivers it (at start, or at
+    // its next poll), and its line shows it holds the delivery lock.
     const auto e = run({tool(), "outbox", "enqueue", "--outbox", db, "--port", l.port()}, small_message("U1"));
     CHECK(e.status == 0);
-    const auto line = runner.read_line(10s);
+    const auto line = runner.read_line(30s);
     REQUIRE(line.has_value());
     CHECK(line->starts_with("1 U1 acknowledged 1"));
     const auto second = run({tool(), "outbox", "run", "--outbox", db, "--port", l.port()});
@@ -257,13 +258,14 @@ TEST_CASE("outbox run --metrics serves the outbox's counts and what the run did,
     listener l({"--json"});
     CHECK(run({tool(), "outbox", "enqueue", "--outbox", db, "--port", l.port()}, messages("P", 2)).status == 0);
     child runner({tool(), "outbox", "run", "--outbox", db, "--port", l.port(), "--metrics", "127.0.0.1:0"});
-    REQUIRE(runner.read_line(10s).has_value());
-    REQUIRE(runner.read_line(10s).has_value()); // both delivered
-    const int port = metrics_port(runner.err());
+    REQUIRE(runner.read_line(30s).has_value());
+    REQUIRE(runner.read_line(30s).has_value()); // both delivered
+    const int port = metrics_port(runner);
     REQUIRE(port != 0);
     const std::string lane = "{destination=\"127.0.0.1:" + l.port() + "\",lane=\"0\"";
     std::string body;
-    for (int i = 0; i < 100; ++i) { // the counts are refreshed every 2 s
+    // The counts are refreshed every 2 s: asked again until they show both, for at most 60 s.
+    for (const auto deadline = std::chrono::steady_clock::now() + 60s; std::chrono::steady_clock::now() < deadline;) {
         body = http_get(port);
         if (body.find("hl7_outbox_messages" + lane + ",state=\"acknowledged\"} 2\n") != std::string::npos)
             break;

@@ -17,7 +17,9 @@ const certificates& certs()
 
 finished send(const listener& l, std::vector<std::string> args)
 {
-    std::vector<std::string> argv{tool(), "send", "--port", l.port(), "--retries", "1", "--connect-timeout", "2"};
+    // One attempt, and time enough for a handshake on a loaded machine (the refusals here are
+    // immediate, none waits for the timeout).
+    std::vector<std::string> argv{tool(), "send", "--port", l.port(), "--retries", "1", "--connect-timeout", "10"};
     argv.insert(argv.end(), args.begin(), args.end());
     argv.push_back(sample("adt_a01.hl7"));
     return run(argv);
