@@ -825,7 +825,12 @@ outcome::result<outbox> outbox::open(executor_type ex, outbox_options options)
     const outbox_location where = parse_outbox_location(options.location);
     if (where.what == outbox_location::kind::postgresql) {
 #ifdef HL7_OUTBOX_POSTGRESQL
-        auto store = detail::open_pg_store(ex, where.target, {.schema = options.schema, .connections = options.connections});
+        auto store = detail::open_pg_store(ex, where.target,
+                                           {.schema = options.schema,
+                                            .connections = options.connections,
+                                            // Stopped past its lease, an instance's open
+                                            // transactions go too, and with them its locks.
+                                            .idle_in_transaction = options.lease_ttl});
         if (!store)
             return store.error();
         auto i = std::make_shared<impl>(std::move(ex), std::move(options), std::move(store).value(), true);

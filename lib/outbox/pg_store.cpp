@@ -285,9 +285,9 @@ public:
     template <class... Results>
     using handler_t = store::handler<void(error_code, Results...)>;
 
-    pg_state(asio::any_io_executor ex, std::string conninfo, const std::string& schema, std::size_t connections)
-        : sql(schema), ex_(std::move(ex)), strand_(asio::make_strand(ex_)), conninfo_(std::move(conninfo)),
-          max_(std::max<std::size_t>(1, connections))
+    pg_state(asio::any_io_executor ex, std::string conninfo, const pg_settings& settings)
+        : sql(settings.schema), ex_(std::move(ex)), strand_(asio::make_strand(ex_)), conninfo_(std::move(conninfo)),
+          max_(std::max<std::size_t>(1, settings.connections)), idle_in_transaction_(settings.idle_in_transaction)
     {
     }
 
@@ -445,6 +445,15 @@ private:
         auto connecting = connect(c, conninfo_);
         const pq_reply connected = co_await std::move(connecting);
         ec = connected.ec;
+        // An instance stopped inside a transaction (SIGSTOP, a paused VM) would hold its lane's
+        // row and the outcome counter locked for as long as it stays stopped, and every other
+        // instance would wait behind it: the server ends such a transaction instead.
+        if (!ec && idle_in_transaction_.count() > 0) {
+            auto setting = exec(c, "SET idle_in_transaction_session_timeout = " +
+                                       std::to_string(idle_in_transaction_.count()));
+            const pq_reply set = co_await std::move(setting);
+            ec = set.ec;
+        }
         if (!ec && closed_)
             ec = asio::error::operation_aborted;
         if (ec) {
@@ -524,6 +533,7 @@ private:
     asio::strand<asio::any_io_executor> strand_;
     std::string conninfo_;
     std::size_t max_;
+    std::chrono::milliseconds idle_in_transaction_;
     // On the strand:
     std::vector<std::shared_ptr<pq_connection>> idle_;
     std::set<std::shared_ptr<pq_connection>> busy_;
@@ -1017,7 +1027,7 @@ outcome::result<std::unique_ptr<store>> open_pg_store(asio::any_io_executor ex, 
     PQsetNoticeProcessor(db.conn, [](void*, const char*) {}, nullptr);
     if (auto ec = prepare_schema(db, settings.schema))
         return ec;
-    auto state = std::make_shared<pg_state>(std::move(ex), conninfo, settings.schema, settings.connections);
+    auto state = std::make_shared<pg_state>(std::move(ex), conninfo, settings);
     return std::unique_ptr<store>(std::make_unique<pg_store>(std::move(state)));
 }
 

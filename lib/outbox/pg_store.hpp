@@ -11,6 +11,8 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include <chrono>
+
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -20,6 +22,9 @@ namespace hl7::detail {
 struct pg_settings {
     std::string schema = "hl7_outbox";
     std::size_t connections = 10;
+    /// A transaction of one of its sessions left idle this long is ended by the server
+    /// (idle_in_transaction_session_timeout); zero leaves the server's setting.
+    std::chrono::milliseconds idle_in_transaction{0};
 };
 
 /// Connects to `conninfo` (blocking, as opening an SQLite file does), creates or migrates the

@@ -284,6 +284,10 @@ struct outbox_options {
     std::chrono::milliseconds poll_interval = std::chrono::seconds(1);
     /// How long a lane's lease lasts; it is renewed every third of that while the lane works.
     /// The lanes of an instance that died are taken over within lease_ttl + poll_interval.
+    /// On PostgreSQL, so are those of an instance that is stopped (SIGSTOP, a paused VM) in
+    /// the middle of a transaction: its sessions end a transaction left idle for lease_ttl
+    /// (idle_in_transaction_session_timeout), which frees the rows it had locked; once it runs
+    /// again it finds its connections closed and reconnects, its leases gone.
     std::chrono::milliseconds lease_ttl = std::chrono::seconds(30);
     /// PostgreSQL: the schema of the outbox's tables, created (and migrated) if need be; a
     /// plain lower-case identifier. Instances that share messages use the same schema.
