@@ -174,7 +174,9 @@ TEST_CASE("an idle connection is closed at the idle timeout and reported with it
     hl7::test::run_async([]() -> asio::awaitable<void> {
         recorder events;
         auto ex = co_await asio::this_coro::executor;
-        auto server = start(ex, {.observer = events.observer(), .idle_timeout = 200ms});
+        // Long enough that the first message, sent as soon as the connection is up, arrives in
+        // time on a slow machine.
+        auto server = start(ex, {.observer = events.observer(), .idle_timeout = 1s});
         auto client = co_await raw_client::connect(server.local_endpoint());
         co_await client.send(adt("ONE"));
         co_await client.read_reply();
