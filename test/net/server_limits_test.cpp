@@ -14,6 +14,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read_until.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <chrono>
@@ -38,7 +39,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr std::chrono::milliseconds deadline = 10s;
+// Far above what any test here waits on purpose (the timeouts it trips, a second or two in
+// all), so that only a hang reaches it, however slow and loaded the machine.
+constexpr std::chrono::milliseconds deadline = 30s;
 
 std::string adt(std::string_view control_id)
 {
@@ -57,14 +60,6 @@ hl7::server start(asio::any_io_executor ex, hl7::server_options options)
 std::uint64_t hits(const hl7::server& s, limit l)
 {
     return s.counters().limits[static_cast<std::size_t>(l)];
-}
-
-// Waits (polling) until `done` holds; the test's deadline bounds the wait.
-template <class Condition>
-asio::awaitable<void> until(Condition done)
-{
-    while (!done())
-        co_await hl7::test::sleep_for(2ms);
 }
 
 // Whether this machine routes 127.0.0.2 to the loopback (Linux does), so that a second
@@ -103,7 +98,7 @@ TEST_CASE("connections beyond max_connections are closed at once and reported; o
         auto server = start(ex, {.observer = events.observer(), .max_connections = 2});
         auto a = co_await raw_client::connect(server.local_endpoint());
         auto b = co_await raw_client::connect(server.local_endpoint());
-        co_await until([&] { return server.counters().open == 2; });
+        co_await hl7::test::until([&] { return server.counters().open == 2; }, "the two connections open");
         {
             auto c = co_await raw_client::connect(server.local_endpoint());
             CHECK(co_await c.read_end() == asio::error::eof);
@@ -114,7 +109,7 @@ TEST_CASE("connections beyond max_connections are closed at once and reported; o
         CHECK(hits(server, limit::max_connections) == 1);
         CHECK(events.of(kind::accepted).size() == 2);
         a.socket().close();
-        co_await until([&] { return server.counters().open == 1; });
+        co_await hl7::test::until([&] { return server.counters().open == 1; }, "the closed connection gone");
         co_await check_served(server.local_endpoint(), "AFTER");
         co_await b.send(adt("B"));
         CHECK((co_await b.read_reply()).get("MSA.2") == "B");
@@ -179,13 +174,15 @@ TEST_CASE("an idle connection is closed at the idle timeout and reported with it
     hl7::test::run_async([]() -> asio::awaitable<void> {
         recorder events;
         auto ex = co_await asio::this_coro::executor;
-        auto server = start(ex, {.observer = events.observer(), .idle_timeout = 200ms});
+        // Long enough that the first message, sent as soon as the connection is up, arrives in
+        // time on a slow machine.
+        auto server = start(ex, {.observer = events.observer(), .idle_timeout = 1s});
         auto client = co_await raw_client::connect(server.local_endpoint());
         co_await client.send(adt("ONE"));
         co_await client.read_reply();
         co_await client.write("bytes outside frames do not keep it open");
         CHECK(co_await client.read_end() == asio::error::eof);
-        co_await until([&] { return !events.of(kind::disconnected).empty(); });
+        co_await hl7::test::until([&] { return !events.of(kind::disconnected).empty(); }, "the connection gone");
         const auto timed_out = events.of(kind::timed_out);
         REQUIRE(timed_out.size() == 1);
         CHECK(timed_out[0].error == errc::idle_timeout);
@@ -207,7 +204,7 @@ TEST_CASE("a peer sending its frame a byte at a time is closed at the frame time
             ec = co_await client.try_write(frame.substr(i, 1));
             co_await hl7::test::sleep_for(20ms);
         }
-        co_await until([&] { return !events.of(kind::timed_out).empty(); });
+        co_await hl7::test::until([&] { return !events.of(kind::timed_out).empty(); }, "the frame timeout");
         CHECK(events.of(kind::timed_out)[0].error == errc::frame_timeout);
         CHECK(server.counters().received == 0);
         CHECK(hits(server, limit::frame_timeout) == 1);
@@ -229,7 +226,7 @@ TEST_CASE("a peer that never reads its replies is closed at the write timeout")
                                  .write_timeout = 300ms});
         auto client = co_await raw_client::connect(server.local_endpoint());
         co_await client.send(adt("NEVER-READS"));
-        co_await until([&] { return !events.of(kind::disconnected).empty(); });
+        co_await hl7::test::until([&] { return !events.of(kind::disconnected).empty(); }, "the connection gone");
         const auto timed_out = events.of(kind::timed_out);
         REQUIRE(timed_out.size() == 1);
         CHECK(timed_out[0].error == errc::write_timeout);
@@ -243,6 +240,7 @@ TEST_CASE("an empty-frame flood closes the connection after max_bad_frames, and 
     hl7::test::run_async([]() -> asio::awaitable<void> {
         recorder events;
         auto ex = co_await asio::this_coro::executor;
+        const auto started = std::chrono::steady_clock::now();
         auto server = start(ex, {.observer = events.observer()});
         std::string flood;
         for (int i = 0; i < 10000; ++i)
@@ -252,16 +250,23 @@ TEST_CASE("an empty-frame flood closes the connection after max_bad_frames, and 
             (void)co_await client.try_write(flood); // the server may close before it has read it all
             CHECK(co_await client.read_end());
         }
-        co_await until([&] { return events.of(kind::disconnected).size() == 20; });
+        co_await hl7::test::until([&] { return events.of(kind::disconnected).size() == 20; },
+                                  "the twenty connections gone");
         for (const auto& d : events.of(kind::disconnected))
             CHECK(d.error == errc::too_many_bad_frames);
         const auto c = server.counters();
         CHECK(c.limits[static_cast<std::size_t>(limit::max_bad_frames)] == 20);
         CHECK(c.received >= 20 * 10);
-        // 20 connections of 10 bad frames each: ten reports of each kind, then at most one a
-        // second, whatever the flood.
-        CHECK(events.of(kind::unparsable).size() <= 12);
-        CHECK(events.of(kind::limit_reached).size() <= 12);
+        // 20 connections of 10 bad frames each (200 unparsable, 20 limit_reached unlimited): ten
+        // reports of each kind, then one a second and a count of those left out once a second,
+        // however long the flood took on this machine (counted up to now, after the reports).
+        const std::size_t unparsable = events.of(kind::unparsable).size();
+        const std::size_t limited = events.of(kind::limit_reached).size();
+        const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
+        const auto allowed = static_cast<std::size_t>(10 + 2 * (seconds.count() + 1));
+        CAPTURE(seconds.count());
+        CHECK(unparsable <= allowed);
+        CHECK(limited <= allowed);
         co_await check_served(server.local_endpoint(), "STILL-SERVED");
     }, deadline);
 }
@@ -278,7 +283,8 @@ TEST_CASE("partial frames that never end are closed at the buffer limit, and the
             attackers.push_back(co_await raw_client::connect(server.local_endpoint()));
             (void)co_await attackers.back().try_write(chunk);
         }
-        co_await until([&] { return hits(server, limit::max_buffered) >= 3; });
+        co_await hl7::test::until([&] { return hits(server, limit::max_buffered) >= 3; },
+                                  "three connections closed at the buffer limit");
         for (const auto& e : events.of(kind::limit_reached))
             CHECK(e.error == errc::buffer_limit);
         // A small message of another client is still served: it fits each connection's allowance.
@@ -379,7 +385,7 @@ TEST_CASE("an observer that throws ends that connection, reported as session_fai
         auto client = co_await raw_client::connect(server.local_endpoint());
         co_await client.send(adt("BOOM"));
         CHECK(co_await client.read_end());
-        co_await until([&] { return !events.of(kind::disconnected).empty(); });
+        co_await hl7::test::until([&] { return !events.of(kind::disconnected).empty(); }, "the connection gone");
         const auto gone = events.of(kind::disconnected);
         CHECK(gone[0].error == errc::session_failed);
         CHECK(gone[0].detail == "the observer threw: observer failure");
@@ -422,16 +428,17 @@ TEST_CASE("the accept loop survives running out of descriptors: it reports it on
         REQUIRE(::setrlimit(RLIMIT_NOFILE, &tight) == 0);
         for (auto& c : clients)
             co_await c.async_connect(server.local_endpoint(), asio::use_awaitable);
-        co_await until([&] { return !events.of(kind::accept_failed).empty(); });
+        co_await hl7::test::until([&] { return !events.of(kind::accept_failed).empty(); }, "an accept to fail");
         co_await hl7::test::sleep_for(300ms); // several pauses and retries, still out of descriptors
         REQUIRE(::setrlimit(RLIMIT_NOFILE, &before) == 0);
         // Every client is served once descriptors are back.
         for (std::size_t i = 0; i < clients.size(); ++i) {
             const std::string frame = hl7::mllp::encode(adt("FD" + std::to_string(i)));
             co_await asio::async_write(clients[i], asio::buffer(frame), asio::use_awaitable);
-            std::array<char, 4096> reply{};
-            const std::size_t n = co_await clients[i].async_read_some(asio::buffer(reply), asio::use_awaitable);
-            CHECK(std::string_view(reply.data(), n).find("MSA|AA|FD" + std::to_string(i)) != std::string_view::npos);
+            // The whole reply frame, however many reads it takes to arrive.
+            std::string reply;
+            co_await asio::async_read_until(clients[i], asio::dynamic_buffer(reply), "\x1c\r", asio::use_awaitable);
+            CHECK(reply.find("MSA|AA|FD" + std::to_string(i)) != std::string::npos);
         }
         const auto failed = events.of(kind::accept_failed);
         CHECK(failed.size() == 1);
@@ -453,7 +460,7 @@ hl7::server_options mutual_tls(std::vector<std::string> allowed, recorder& event
     o.tls = hl7::tls_server_options{.certificate_file = certs().server_cert,
                                     .private_key_file = certs().server_key,
                                     .client_ca_file = certs().ca,
-                                    .handshake_timeout = 2s,
+                                    .handshake_timeout = 10s, // the handshakes are expected to succeed
                                     .allowed_client_names = std::move(allowed)};
     return o;
 }
@@ -485,7 +492,7 @@ TEST_CASE("a client certificate naming no allowed client is refused after the ha
         auto refusing = start(ex, std::move(o));
         const auto refused = co_await send_tls(refusing, "NOT-ALLOWED");
         CHECK(refused.has_error());
-        co_await until([&] { return !events.of(kind::refused).empty(); });
+        co_await hl7::test::until([&] { return !events.of(kind::refused).empty(); }, "the refusal");
         const auto r = events.of(kind::refused);
         CHECK(r[0].error == errc::tls_client_not_allowed);
         CHECK(r[0].detail == "certificate names: test client, client.test");
@@ -525,17 +532,20 @@ TEST_CASE("TLS handshakes beyond max_handshakes wait in the backlog until one is
         recorder events;
         auto ex = co_await asio::this_coro::executor;
         hl7::server_options o{.observer = events.observer(), .max_handshakes = 1};
+        // One timeout for both handshakes: the silent one's must expire, the queued one's must
+        // not, so it is long enough for a TLS handshake on a slow machine.
         o.tls = hl7::tls_server_options{.certificate_file = certs().server_cert,
                                         .private_key_file = certs().server_key,
-                                        .handshake_timeout = 300ms};
+                                        .handshake_timeout = 2s};
         auto server = start(ex, std::move(o));
         // A peer that connects and never says a word holds the one handshake slot.
         auto silent = co_await raw_client::connect(server.local_endpoint());
-        co_await until([&] { return events.of(kind::accepted).size() == 1; });
+        co_await hl7::test::until([&] { return events.of(kind::accepted).size() == 1; },
+                                  "the silent connection accepted");
         auto client = hl7::client::create(ex, {.host = "127.0.0.1"}).value();
         hl7::connection_options co;
         co.tls = hl7::tls_client_options{.ca_file = certs().ca};
-        co.connect_timeout = 5s;
+        co.connect_timeout = 10s;
         auto conn = client.connect(server.local_endpoint().port(), co).value();
         auto msg = message::parse(adt("QUEUED")).value();
         const auto ack = co_await conn.send(std::move(msg));

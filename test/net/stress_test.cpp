@@ -201,6 +201,13 @@ asio::awaitable<void> stress(ledger& book)
     co_await client.close();
     const auto c = client.counters();
     CHECK(c.acknowledged + c.rejected + c.timed_out + c.failed == static_cast<std::uint64_t>(total));
+    // The peer answers most messages: a client that fails every send, or every send with one of
+    // the windows, fails here. (How many beat their random timeouts depends on the machine's
+    // speed, so that share is only reported.)
+    for (int i = 0; i < connections; ++i) {
+        CAPTURE(i);
+        CHECK(conns[static_cast<std::size_t>(i)].counters().acknowledged > 0);
+    }
     co_await asio::post(peer_strand, asio::use_awaitable);
     current.reset();
     co_await asio::post(ex, asio::use_awaitable);
@@ -211,7 +218,9 @@ asio::awaitable<void> stress(ledger& book)
 TEST_CASE("thousands of sends with random cancellations, timeouts, peer restarts and closes each complete exactly once")
 {
     ledger book;
-    hl7::test::run_async([&book] { return stress(book); }, 60s, 4);
+    // About 4 s on an idle machine, 2.5 s of it the peer's restarts; the deadline is for a hang
+    // only, and leaves a machine many times slower the time it needs.
+    hl7::test::run_async([&book] { return stress(book); }, 180s, 4);
     int never = 0, twice = 0;
     for (const auto& n : book.completions) {
         never += n == 0;
@@ -221,5 +230,4 @@ TEST_CASE("thousands of sends with random cancellations, timeouts, peer restarts
     CHECK(twice == 0);
     CHECK(book.done == total);
     MESSAGE(book.succeeded.load() << " of " << total << " sends acknowledged");
-    CHECK(book.succeeded > total / 4); // the peer answers most: a client that fails everything fails here
 }

@@ -19,9 +19,19 @@ using hl7::errc;
 using hl7::message;
 using hl7::test::fresh;
 using hl7::test::run_async;
-using hl7::test::sleep_for;
+using hl7::test::until;
 
 namespace {
+
+// Far above what any test here waits on purpose (two handshake timeouts of 200 ms at most),
+// so that only a hang reaches it, however slow and loaded the machine.
+constexpr std::chrono::milliseconds deadline = 30s;
+
+// Runs a test body with that deadline.
+void run(std::function<asio::awaitable<void>()> body)
+{
+    run_async(std::move(body), deadline);
+}
 
 const hl7::test::certificates& certs()
 {
@@ -35,7 +45,7 @@ hl7::tls_server_options server_tls(const std::string& cert, const std::string& k
 
 hl7::tls_client_options client_tls()
 {
-    return {.ca_file = certs().ca, .handshake_timeout = 2s};
+    return {.ca_file = certs().ca, .handshake_timeout = 5s};
 }
 
 // Events of a connection or a server, kept for the checks.
@@ -79,8 +89,10 @@ struct event_log {
 hl7::connection_options options(std::optional<hl7::tls_client_options> tls, event_log* events = nullptr)
 {
     hl7::connection_options o;
-    o.connect_timeout = 2s;
-    o.ack_timeout = 2s;
+    // Here and in client_tls(): ample for a slow machine where a test expects success, and no
+    // test expects a failure by timeout but the one that sets its own.
+    o.connect_timeout = 5s;
+    o.ack_timeout = 5s;
     o.reconnect = {.max_attempts = 2, .initial = 20ms, .max = 100ms, .factor = 2.0, .jitter = 0};
     o.tls = std::move(tls);
     if (events)
@@ -116,7 +128,7 @@ asio::awaitable<hl7::server> tls_server(const hl7::tls_server_options& tls, even
 
 TEST_CASE("a message is acknowledged over TLS, the server's address checked against its certificate")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         auto server = co_await tls_server(server_tls(certs().server_cert, certs().server_key));
         auto ack = co_await send_once(server, "127.0.0.1", client_tls());
         REQUIRE(ack.has_value());
@@ -127,7 +139,7 @@ TEST_CASE("a message is acknowledged over TLS, the server's address checked agai
 
 TEST_CASE("a DNS name is checked against the certificate and sent as SNI")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         auto server = co_await tls_server(server_tls(certs().server_cert, certs().server_key));
         CHECK((co_await send_once(server, "localhost", client_tls())).has_value());
         auto named = client_tls();
@@ -139,7 +151,7 @@ TEST_CASE("a DNS name is checked against the certificate and sent as SNI")
 
 TEST_CASE("a message is acknowledged over mutual TLS")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         event_log server_events;
         auto server = co_await tls_server(server_tls(certs().server_cert, certs().server_key, true), &server_events);
         auto tls = client_tls();
@@ -155,7 +167,7 @@ TEST_CASE("a message is acknowledged over mutual TLS")
 
 TEST_CASE("a server certificate from an untrusted CA is refused, and nothing is delivered")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         event_log events, server_events;
         auto server = co_await tls_server(server_tls(certs().untrusted_cert, certs().untrusted_key), &server_events);
         auto result = co_await send_once(server, "127.0.0.1", client_tls(), &events);
@@ -169,7 +181,7 @@ TEST_CASE("a server certificate from an untrusted CA is refused, and nothing is 
 
 TEST_CASE("a server certificate for another name is refused")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         event_log events, server_events;
         auto server = co_await tls_server(server_tls(certs().wrong_name_cert, certs().wrong_name_key), &server_events);
         auto result = co_await send_once(server, "127.0.0.1", client_tls(), &events);
@@ -190,7 +202,7 @@ TEST_CASE("a server certificate for another name is refused")
 
 TEST_CASE("an expired server certificate is refused")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         event_log events, server_events;
         auto server = co_await tls_server(server_tls(certs().expired_cert, certs().expired_key), &server_events);
         auto result = co_await send_once(server, "127.0.0.1", client_tls(), &events);
@@ -203,7 +215,7 @@ TEST_CASE("an expired server certificate is refused")
 
 TEST_CASE("a client without a certificate is refused by a mutual TLS server, and nothing is delivered")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         event_log events, server_events;
         auto server = co_await tls_server(server_tls(certs().server_cert, certs().server_key, true), &server_events);
         auto ex = co_await asio::this_coro::executor;
@@ -214,8 +226,7 @@ TEST_CASE("a client without a certificate is refused by a mutual TLS server, and
         // TLS 1.3 refuses after the handshake, TLS 1.2 during it: either way the message fails
         // with the reason, and the connection gives up after its two attempts.
         CHECK(result.error() == errc::tls_no_client_certificate);
-        for (int i = 0; i < 200 && conn.state() != hl7::connection_state::failed; ++i)
-            co_await sleep_for(10ms);
+        co_await until([&] { return conn.state() == hl7::connection_state::failed; }, "the connection to give up");
         CHECK(conn.state() == hl7::connection_state::failed);
         CHECK(events.gave_up);
         co_await conn.close();
@@ -228,7 +239,7 @@ TEST_CASE("a client without a certificate is refused by a mutual TLS server, and
 
 TEST_CASE("a client certificate from an untrusted CA is refused by a mutual TLS server")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         event_log events, server_events;
         auto server = co_await tls_server(server_tls(certs().server_cert, certs().server_key, true), &server_events);
         auto tls = client_tls();
@@ -244,7 +255,7 @@ TEST_CASE("a client certificate from an untrusted CA is refused by a mutual TLS 
 
 TEST_CASE("a TLS client facing a plaintext peer fails with a named error and never falls back to plaintext")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         hl7::test::peer plain(ex, [](hl7::test::peer_link& l, std::size_t) -> asio::awaitable<void> {
             const std::string plaintext = hl7::test::peer_link::ack_bytes_for("HELLO"); // not a ServerHello
@@ -264,7 +275,7 @@ TEST_CASE("a TLS client facing a plaintext peer fails with a named error and nev
 
 TEST_CASE("a plaintext client facing a TLS server is reported by the server and gets no acknowledgement")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         event_log server_events;
         auto server = co_await tls_server(server_tls(certs().server_cert, certs().server_key), &server_events);
         auto result = co_await send_once(server, "127.0.0.1", std::nullopt);
@@ -277,7 +288,7 @@ TEST_CASE("a plaintext client facing a TLS server is reported by the server and 
 
 TEST_CASE("a peer that never completes the handshake times out as tls_handshake_timeout")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         hl7::test::peer silent(ex, [](hl7::test::peer_link& l, std::size_t) -> asio::awaitable<void> {
             co_await l.drain(); // reads the ClientHello (as noise, or as a frame by chance), never answers
@@ -299,7 +310,7 @@ TEST_CASE("a peer that never completes the handshake times out as tls_handshake_
 
 TEST_CASE("a client reconnects over TLS after the server restarts, redoing the handshake")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         auto first = co_await tls_server(server_tls(certs().server_cert, certs().server_key));
         const auto port = first.local_endpoint().port();
@@ -309,8 +320,7 @@ TEST_CASE("a client reconnects over TLS after the server restarts, redoing the h
         auto conn = client.connect(port, o).value();
         CHECK((co_await conn.send(fresh())).has_value());
         co_await first.async_close(asio::use_awaitable);
-        while (conn.state() == hl7::connection_state::connected)
-            co_await sleep_for(2ms);
+        co_await until([&] { return conn.state() != hl7::connection_state::connected; }, "the link to drop");
         hl7::server_options again{.host = "127.0.0.1", .port = port};
         again.tls = server_tls(certs().server_cert, certs().server_key);
         auto second = hl7::server::create(ex, std::move(again)).value();
@@ -324,7 +334,7 @@ TEST_CASE("a client reconnects over TLS after the server restarts, redoing the h
 
 TEST_CASE("skipping verification is possible when asked for by name, and still encrypts")
 {
-    run_async([]() -> asio::awaitable<void> {
+    run([]() -> asio::awaitable<void> {
         auto server = co_await tls_server(server_tls(certs().untrusted_cert, certs().untrusted_key));
         hl7::tls_client_options tls{.insecure_skip_verification = true};
         CHECK((co_await send_once(server, "127.0.0.1", tls)).has_value());
