@@ -132,7 +132,7 @@ boost::asio::awaitable<void> until(Ready ready, const char* what)
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor);
     while (!ready()) {
-        REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "still waiting for " << what);
+        REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "still waiting for " << std::string(what));
         timer.expires_after(std::chrono::milliseconds(1));
         co_await timer.async_wait(boost::asio::use_awaitable);
     }
