@@ -495,10 +495,12 @@ TEST_CASE("a second outbox delivering from the same file fails with delivery_loc
         // each run's lane start, which tells the test the lock is held.
         int first_lanes = 0, second_lanes = 0;
         auto first = open_box(ex, dir, [&](const hl7::outbox_event& e) {
-            first_lanes += e.what == hl7::outbox_event::kind::lane_started;
+            if (e.what == hl7::outbox_event::kind::lane_started) // not `committing`, on the store's thread
+                ++first_lanes;
         });
         auto second = open_box(ex, dir, [&](const hl7::outbox_event& e) {
-            second_lanes += e.what == hl7::outbox_event::kind::lane_started;
+            if (e.what == hl7::outbox_event::kind::lane_started)
+                ++second_lanes;
         });
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = hl7::test::closed_port(ex)};
         const hl7::enqueue_options one_lane{};
@@ -541,7 +543,8 @@ TEST_CASE("a run cancelled while its destination refuses connections leaves the 
         auto ex = co_await asio::this_coro::executor;
         bool lane_started = false;
         auto box = open_box(ex, dir, [&](const hl7::outbox_event& e) {
-            lane_started = lane_started || e.what == hl7::outbox_event::kind::lane_started;
+            if (e.what == hl7::outbox_event::kind::lane_started) // not `committing`, on the store's thread
+                lane_started = true;
         });
         const hl7::outbox_destination to{.host = "127.0.0.1", .port = hl7::test::closed_port(ex)};
         const hl7::enqueue_options one_lane{};
